@@ -1,0 +1,92 @@
+"""eskit: event sourcing for Python.
+
+The library API is imported from here (``from engine import Decider, CommandHandler``);
+backends are imported from their modules (``from engine.stores.sqlite import open_sqlite_store``).
+Importing this package has no side effects: no plugins load, no event loop starts.
+"""
+
+from engine.codec import JSON, MSGPACK, ORJSON, Codec, EncodedEvent, EventRegistry, make_converter
+from engine.decider import Decider, View, combine
+from engine.errors import (
+    CheckpointConflictError,
+    CodecError,
+    ConcurrencyError,
+    ConfigError,
+    DomainError,
+    DuplicateEventTypeError,
+    EskitError,
+    EventTooLargeError,
+    IdempotencyConflictError,
+    InvalidStreamIdError,
+    LockNotHeldError,
+    PluginError,
+    RetriesExhaustedError,
+    UnknownCommandError,
+    UnknownEventTypeError,
+)
+from engine.events import Event, ExpectedVersion, NewEvent
+from engine.handler import CommandContext, CommandHandler, CommandResult, StateCache
+from engine.locks.base import Lease, LockRegistry
+from engine.locks.memory import MemoryLockRegistry
+from engine.middleware import logging_middleware, profiler_middleware, single_writer_middleware
+from engine.projection import EventProjector, ViewProjection
+from engine.reactor import CommandSender, Reactor, ReactorRegistry
+from engine.router import CommandRouter
+from engine.stores.base import CheckpointStore, EventStore, Snapshot, SnapshotStore
+from engine.stores.memory import MemoryCheckpointStore, MemorySnapshotStore, MemoryStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "ORJSON",
+    "CheckpointConflictError",
+    "CheckpointStore",
+    "Codec",
+    "CodecError",
+    "CommandContext",
+    "CommandHandler",
+    "CommandResult",
+    "CommandRouter",
+    "CommandSender",
+    "ConcurrencyError",
+    "ConfigError",
+    "Decider",
+    "DomainError",
+    "DuplicateEventTypeError",
+    "EncodedEvent",
+    "EskitError",
+    "Event",
+    "EventProjector",
+    "EventRegistry",
+    "EventStore",
+    "EventTooLargeError",
+    "ExpectedVersion",
+    "IdempotencyConflictError",
+    "InvalidStreamIdError",
+    "Lease",
+    "LockNotHeldError",
+    "LockRegistry",
+    "MemoryCheckpointStore",
+    "MemoryLockRegistry",
+    "MemorySnapshotStore",
+    "MemoryStore",
+    "NewEvent",
+    "PluginError",
+    "Reactor",
+    "ReactorRegistry",
+    "RetriesExhaustedError",
+    "Snapshot",
+    "SnapshotStore",
+    "StateCache",
+    "UnknownCommandError",
+    "UnknownEventTypeError",
+    "View",
+    "ViewProjection",
+    "combine",
+    "logging_middleware",
+    "make_converter",
+    "profiler_middleware",
+    "single_writer_middleware",
+]

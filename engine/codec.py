@@ -1,0 +1,347 @@
+"""Turning events and states into bytes and back: registry, converter, formats, upcasters.
+
+The pieces:
+
+* :class:`EventRegistry` maps type names to classes, explicitly (no decorators, no
+  import-time side effects), with a schema version per type and upcasters that lift old
+  payloads to the current shape *on read*, so stored events are never rewritten.
+* :func:`make_converter` builds a dedicated cattrs converter whose unstructured form is
+  plain JSON types (UUIDs, datetimes and decimals as strings), never the global one.
+* A :class:`Format` turns those plain values into bytes: :data:`JSON` (stdlib, the
+  default), :data:`ORJSON` (fast JSON, same bytes on the wire) and :data:`MSGPACK`
+  (binary). Pickle is never used: decoding stored bytes can only ever build the
+  registered classes.
+* :class:`Codec` puts them together for the stores.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+import cattrs
+import msgspec
+import orjson
+
+from engine.errors import CodecError, DuplicateEventTypeError, UnknownEventTypeError
+
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "ORJSON",
+    "Codec",
+    "EncodedEvent",
+    "EventRegistry",
+    "Format",
+    "Upcaster",
+    "make_converter",
+]
+
+E = TypeVar("E")
+T = TypeVar("T")
+
+#: An upcaster turns the unstructured payload of one schema version into the next one.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Format(Protocol):
+    """Bytes <-> plain values (dicts, lists, str, int, float, bool, None)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+@attrs.frozen
+class _JsonFormat:
+    name: str = "json"
+
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+@attrs.frozen
+class _OrjsonFormat:
+    name: str = "orjson"
+
+    def dumps(self, value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+@attrs.frozen
+class _MsgpackFormat:
+    name: str = "msgpack"
+    _encoder: msgspec.msgpack.Encoder = attrs.field(factory=msgspec.msgpack.Encoder)
+    _decoder: msgspec.msgpack.Decoder[Any] = attrs.field(factory=msgspec.msgpack.Decoder)
+
+    def dumps(self, value: Any) -> bytes:
+        return self._encoder.encode(value)
+
+    def loads(self, data: bytes) -> Any:
+        return self._decoder.decode(data)
+
+
+#: Standard-library JSON: the default, readable in any SQL console.
+JSON: Format = _JsonFormat()
+#: orjson: the same JSON, several times faster to encode and decode.
+ORJSON: Format = _OrjsonFormat()
+#: MessagePack through msgspec: compact binary.
+MSGPACK: Format = _MsgpackFormat()
+
+
+def make_converter() -> cattrs.Converter:
+    """Build a cattrs converter whose unstructured form is plain JSON types.
+
+    UUIDs, datetimes, dates and decimals become strings, bytes become base64 text,
+    enums their values, tuples and sets lists. Each call returns a new converter; the
+    global cattrs converter is never touched.
+    """
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    converter.register_unstructure_hook(uuid.UUID, str)
+    converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(str(value)))
+    converter.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    converter.register_structure_hook(
+        dt.datetime, lambda value, _: dt.datetime.fromisoformat(str(value))
+    )
+    converter.register_unstructure_hook(dt.date, dt.date.isoformat)
+    converter.register_structure_hook(dt.date, lambda value, _: dt.date.fromisoformat(str(value)))
+    converter.register_unstructure_hook(decimal.Decimal, str)
+    converter.register_structure_hook(
+        decimal.Decimal, lambda value, _: decimal.Decimal(str(value))
+    )
+    converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    converter.register_structure_hook(bytes, lambda value, _: base64.b64decode(value))
+    return converter
+
+
+@attrs.frozen
+class _Registration:
+    cls: type
+    name: str
+    version: int
+
+
+@attrs.define
+class EventRegistry:
+    """Explicit two-way map between event type names and classes, with upcasters.
+
+    Example:
+        >>> registry = EventRegistry()
+        >>> registry.register(MoneyDeposited)             # name "MoneyDeposited", version 1
+        >>> registry.register(AccountOpened, name="bank.AccountOpened", version=2)
+        >>> registry.add_upcaster("bank.AccountOpened", 1, lambda d: {**d, "currency": "EUR"})
+    """
+
+    _by_name: dict[str, _Registration] = attrs.field(factory=dict, init=False)
+    _by_class: dict[type, _Registration] = attrs.field(factory=dict, init=False)
+    _upcasters: dict[tuple[str, int], tuple[Upcaster, str | None]] = attrs.field(
+        factory=dict, init=False
+    )
+
+    def register(self, cls: type[T], *, name: str | None = None, version: int = 1) -> type[T]:
+        """Register ``cls`` under ``name`` (its ``__qualname__`` by default).
+
+        Args:
+            cls: The event class (attrs class or dataclass).
+            name: The stable type name stored with each event. Choose it once: renaming
+                later needs an upcaster with ``rename_to``.
+            version: The current schema version of the class's payload.
+
+        Returns:
+            ``cls`` unchanged.
+
+        Raises:
+            DuplicateEventTypeError: ``name`` or ``cls`` is registered already.
+            ValueError: ``version`` is below 1 or ``name`` is empty.
+        """
+        type_name = cls.__qualname__ if name is None else name
+        if not type_name:
+            raise ValueError("an event type name must not be empty")
+        if version < 1:
+            raise ValueError(f"schema version must be >= 1, got {version}")
+        if type_name in self._by_name:
+            raise DuplicateEventTypeError(
+                f"the name {type_name!r} is already registered for {self._by_name[type_name].cls!r}"
+            )
+        if cls in self._by_class:
+            raise DuplicateEventTypeError(
+                f"{cls!r} is already registered as {self._by_class[cls].name!r}"
+            )
+        registration = _Registration(cls, type_name, version)
+        self._by_name[type_name] = registration
+        self._by_class[cls] = registration
+        return cls
+
+    def add_upcaster(
+        self,
+        name: str,
+        from_version: int,
+        upcaster: Upcaster,
+        *,
+        rename_to: str | None = None,
+    ) -> None:
+        """Lift payloads stored as ``name`` at ``from_version`` to ``from_version + 1``.
+
+        Args:
+            name: The type name as it was stored.
+            from_version: The schema version the upcaster reads.
+            upcaster: ``dict -> dict`` on the unstructured payload.
+            rename_to: The type's new name, when the type was renamed at this step.
+
+        Raises:
+            DuplicateEventTypeError: An upcaster for ``(name, from_version)`` exists.
+        """
+        key = (name, from_version)
+        if key in self._upcasters:
+            raise DuplicateEventTypeError(f"an upcaster for {name!r} v{from_version} exists")
+        self._upcasters[key] = (upcaster, rename_to)
+
+    def name_of(self, cls: type) -> str:
+        """The registered type name of ``cls``."""
+        try:
+            return self._by_class[cls].name
+        except KeyError:
+            raise UnknownEventTypeError(cls) from None
+
+    def version_of(self, name: str) -> int:
+        """The current schema version of the type registered as ``name``."""
+        return self._lookup(name).version
+
+    def class_for(self, name: str) -> type:
+        """The class registered as ``name``."""
+        return self._lookup(name).cls
+
+    def registration_for(self, cls: type) -> tuple[str, int]:
+        """``(name, version)`` of ``cls``: what is stored beside each of its events."""
+        try:
+            registration = self._by_class[cls]
+        except KeyError:
+            raise UnknownEventTypeError(cls) from None
+        return registration.name, registration.version
+
+    def names(self) -> list[str]:
+        """All registered type names, sorted."""
+        return sorted(self._by_name)
+
+    def upcast(self, name: str, version: int, payload: Any) -> tuple[str, Any]:
+        """Apply upcasters from ``version`` until the registered current version.
+
+        Returns:
+            The (possibly renamed) type name and the upcast payload.
+
+        Raises:
+            CodecError: A step of the chain has no upcaster, or the stored version is
+                newer than the code knows.
+        """
+        while True:
+            step = self._upcasters.get((name, version))
+            if step is None:
+                break
+            upcaster, rename_to = step
+            try:
+                payload = upcaster(payload)
+            except Exception as exc:
+                raise CodecError(f"upcaster for {name!r} v{version} failed: {exc!r}") from exc
+            name = rename_to or name
+            version += 1
+        current = self._lookup(name).version
+        if version != current:
+            direction = "newer" if version > current else "older"
+            raise CodecError(
+                f"event {name!r} was stored at schema v{version}, {direction} than the "
+                f"registered v{current}, and no upcaster covers v{version}"
+            )
+        return name, payload
+
+    def _lookup(self, name: str) -> _Registration:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownEventTypeError(name) from None
+
+
+@attrs.frozen
+class EncodedEvent:
+    """An event's data as it is stored: its type name, schema version and payload bytes."""
+
+    type: str
+    schema_version: int
+    data: bytes
+
+
+@attrs.define
+class Codec(Generic[E]):
+    """Encodes events (and snapshot states) for a store, and decodes them with upcasting.
+
+    Args:
+        registry: The event types this codec knows.
+        format: The byte format (:data:`JSON` by default).
+        converter: The cattrs converter (a fresh :func:`make_converter` by default).
+    """
+
+    registry: EventRegistry
+    format: Format = JSON
+    converter: cattrs.Converter = attrs.field(factory=make_converter)
+
+    def encode(self, data: E) -> EncodedEvent:
+        """Encode one domain event."""
+        name, version = self.registry.registration_for(type(data))
+        try:
+            payload = self.format.dumps(self.converter.unstructure(data))
+        except Exception as exc:
+            raise CodecError(f"cannot encode event {name!r}: {exc!r}") from exc
+        return EncodedEvent(name, version, payload)
+
+    def decode(self, type_name: str, schema_version: int, data: bytes) -> E:
+        """Decode one stored event, upcasting it to the current schema first."""
+        try:
+            raw = self.format.loads(data)
+        except Exception as exc:
+            raise CodecError(f"cannot parse stored event {type_name!r}: {exc!r}") from exc
+        current = self.registry._by_name.get(type_name)
+        if current is None or current.version != schema_version:
+            type_name, raw = self.registry.upcast(type_name, schema_version, raw)
+            current = self.registry._lookup(type_name)
+        try:
+            return self.converter.structure(raw, current.cls)
+        except Exception as exc:
+            details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
+            raise CodecError(f"cannot decode stored event {type_name!r}: {details}") from exc
+
+    def type_name(self, data: E) -> str:
+        """The registered type name of a domain event."""
+        return self.registry.name_of(type(data))
+
+    def encode_value(self, value: Any) -> bytes:
+        """Encode any value the converter can unstructure (snapshot states, checkpoints)."""
+        try:
+            return self.format.dumps(self.converter.unstructure(value))
+        except Exception as exc:
+            raise CodecError(f"cannot encode {type(value).__qualname__}: {exc!r}") from exc
+
+    def decode_value(self, data: bytes, cls: type[T]) -> T:
+        """Decode bytes made by :meth:`encode_value` into ``cls``."""
+        try:
+            return self.converter.structure(self.format.loads(data), cls)
+        except Exception as exc:
+            details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
+            raise CodecError(f"cannot decode {cls.__qualname__}: {details}") from exc
+
+
+def _is_cattrs(exc: Exception) -> bool:
+    return isinstance(exc, cattrs.BaseValidationError)

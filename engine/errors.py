@@ -1,0 +1,199 @@
+"""The error tree: one root, each error named for what the caller can do about it.
+
+Every error carries structured attributes (never parse ``str(error)``) and a stable
+``code`` that the HTTP ingress turns into a JSON error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "CheckpointConflictError",
+    "CodecError",
+    "ConcurrencyError",
+    "ConfigError",
+    "DomainError",
+    "DuplicateEventTypeError",
+    "EskitError",
+    "EventTooLargeError",
+    "IdempotencyConflictError",
+    "InvalidStreamIdError",
+    "LockNotHeldError",
+    "PluginError",
+    "RetriesExhaustedError",
+    "UnknownCommandError",
+    "UnknownEventTypeError",
+]
+
+
+class EskitError(Exception):
+    """The root of every error eskit raises on purpose."""
+
+    code: ClassVar[str] = "eskit_error"
+
+
+class ConcurrencyError(EskitError):
+    """An append's expected version did not match the stream's actual version.
+
+    Reload the stream and decide again; the command handler does this for you.
+
+    Attributes:
+        stream_id: The stream that was appended to.
+        expected: The expected version given to ``append`` (an ``int`` or an
+            :class:`~engine.events.ExpectedVersion` marker).
+        actual: The stream's version at the time of the append (0 = no stream).
+    """
+
+    code = "concurrency_conflict"
+
+    def __init__(self, stream_id: str, expected: object, actual: int) -> None:
+        super().__init__(stream_id, expected, actual)
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        return (
+            f"stream {self.stream_id!r}: expected version {self.expected}, "
+            f"but the stream is at version {self.actual}"
+        )
+
+
+class RetriesExhaustedError(ConcurrencyError):
+    """A command kept conflicting with concurrent writers until its retry budget ran out."""
+
+    code = "retries_exhausted"
+
+    def __init__(self, stream_id: str, expected: object, actual: int, attempts: int) -> None:
+        super().__init__(stream_id, expected, actual)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (gave up after {self.attempts} attempts)"
+
+
+class DomainError(EskitError, ValueError):
+    """A decider rejected a command. Raise it (or a subclass) from ``decide``."""
+
+    code = "domain_rejected"
+
+
+class InvalidStreamIdError(EskitError, ValueError):
+    """A stream id was refused by the store (empty, too long, or containing a NUL)."""
+
+    code = "invalid_stream_id"
+
+    def __init__(self, stream_id: str, reason: str) -> None:
+        super().__init__(stream_id, reason)
+        self.stream_id = stream_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        shown = self.stream_id if len(self.stream_id) <= 80 else self.stream_id[:77] + "..."
+        return f"invalid stream id {shown!r}: {self.reason}"
+
+
+class EventTooLargeError(EskitError, ValueError):
+    """An encoded event is larger than the store's configured maximum; nothing was written."""
+
+    code = "event_too_large"
+
+    def __init__(self, stream_id: str, event_type: str, size: int, limit: int) -> None:
+        super().__init__(stream_id, event_type, size, limit)
+        self.stream_id = stream_id
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"event {self.event_type!r} for stream {self.stream_id!r} is {self.size} bytes, "
+            f"over the limit of {self.limit} bytes"
+        )
+
+
+class IdempotencyConflictError(EskitError, ValueError):
+    """An idempotency key was reused for a different stream than the one it first wrote to."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str, stream_id: str, original_stream_id: str) -> None:
+        super().__init__(key, stream_id, original_stream_id)
+        self.key = key
+        self.stream_id = stream_id
+        self.original_stream_id = original_stream_id
+
+    def __str__(self) -> str:
+        return (
+            f"idempotency key {self.key!r} was used for stream {self.original_stream_id!r} "
+            f"and cannot be reused for stream {self.stream_id!r}"
+        )
+
+
+class CheckpointConflictError(EskitError):
+    """A checkpoint was saved by someone else since it was read (a stale runner)."""
+
+    code = "checkpoint_conflict"
+
+    def __init__(self, name: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(name, expected, actual)
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        return (
+            f"checkpoint {self.name!r}: expected position {self.expected}, found {self.actual}"
+        )
+
+
+class CodecError(EskitError, ValueError):
+    """An event or state could not be encoded or decoded."""
+
+    code = "codec_error"
+
+
+class UnknownEventTypeError(CodecError, LookupError):
+    """No class is registered under an event type name (or no name for a class)."""
+
+    code = "unknown_event_type"
+
+    def __init__(self, what: Any) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        if isinstance(self.what, str):
+            return f"no event class is registered under the name {self.what!r}"
+        return f"event class {self.what!r} is not registered (call registry.register first)"
+
+
+class DuplicateEventTypeError(CodecError):
+    """A type name or a class was registered twice."""
+
+    code = "duplicate_event_type"
+
+
+class UnknownCommandError(EskitError, LookupError):
+    """No handler is routed for a command's class."""
+
+    code = "unknown_command"
+
+
+class LockNotHeldError(EskitError):
+    """A lock was released, renewed or used by someone who no longer holds it."""
+
+    code = "lock_not_held"
+
+
+class ConfigError(EskitError, ValueError):
+    """The configuration is invalid; the message names the key path."""
+
+    code = "config_error"
+
+
+class PluginError(EskitError, ImportError):
+    """A plugin could not be loaded; the message names the distribution."""
+
+    code = "plugin_error"

@@ -1,0 +1,99 @@
+"""What every byte-storing backend does before and after talking to its database.
+
+Backends call :func:`encode_batch` before they open a transaction, so that an invalid
+stream id, an unregistered type or an oversized event is refused before anything is
+written, and :func:`decode_event` to rebuild an :class:`~engine.events.Event` from a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+
+from engine.codec import Codec
+from engine.errors import CodecError, EventTooLargeError
+from engine.events import Event, NewEvent, validate_stream_id
+
+__all__ = ["EncodedNewEvent", "decode_event", "decode_metadata", "encode_batch"]
+
+E = TypeVar("E")
+
+
+@attrs.frozen
+class EncodedNewEvent:
+    """One event of an append, ready to be written."""
+
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+
+
+def encode_batch(
+    codec: Codec[E], stream_id: str, events: Sequence[NewEvent[E]], *, max_event_bytes: int
+) -> list[EncodedNewEvent]:
+    """Validate and encode an append's events.
+
+    Raises:
+        InvalidStreamIdError: The stream id is refused.
+        EventTooLargeError: An event's data plus metadata is over ``max_event_bytes``.
+        CodecError: An event cannot be encoded (for example its class is not registered).
+        TypeError: An item is not a :class:`NewEvent`.
+    """
+    validate_stream_id(stream_id)
+    encoded = []
+    for event in events:
+        if not isinstance(event, NewEvent):
+            raise TypeError(f"append takes NewEvent items, got {type(event).__qualname__}")
+        body = codec.encode(event.data)
+        metadata = orjson.dumps(dict(event.metadata)) if event.metadata else b"{}"
+        size = len(body.data) + len(metadata)
+        if size > max_event_bytes:
+            raise EventTooLargeError(stream_id, body.type, size, max_event_bytes)
+        encoded.append(
+            EncodedNewEvent(event.event_id, body.type, body.schema_version, body.data, metadata)
+        )
+    return encoded
+
+
+def decode_metadata(raw: bytes | str | None) -> Mapping[str, str]:
+    """Metadata as stored by :func:`encode_batch` back into a dict."""
+    if not raw or raw in (b"{}", "{}"):
+        return {}
+    value = orjson.loads(raw)
+    if not isinstance(value, dict):
+        raise CodecError(f"stored metadata is not an object: {value!r}")
+    return value
+
+
+def decode_event(
+    codec: Codec[E],
+    *,
+    stream_id: str,
+    version: int,
+    position: int,
+    type_name: str,
+    schema_version: int,
+    data: bytes,
+    metadata: bytes | str | None,
+    event_id: uuid.UUID | str,
+    recorded_at: dt.datetime,
+) -> Event[E]:
+    """Build a stored :class:`Event` from a row's columns."""
+    value: Any = codec.decode(type_name, schema_version, data)
+    return Event(
+        stream_id=stream_id,
+        version=version,
+        position=position,
+        type=codec.type_name(value),
+        data=value,
+        metadata=decode_metadata(metadata),
+        event_id=event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(event_id),
+        recorded_at=recorded_at,
+    )
