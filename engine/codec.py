@@ -121,9 +121,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(dt.date, dt.date.isoformat)
     converter.register_structure_hook(dt.date, lambda value, _: dt.date.fromisoformat(str(value)))
     converter.register_unstructure_hook(decimal.Decimal, str)
-    converter.register_structure_hook(
-        decimal.Decimal, lambda value, _: decimal.Decimal(str(value))
-    )
+    converter.register_structure_hook(decimal.Decimal, lambda value, _: decimal.Decimal(str(value)))
     converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
     converter.register_structure_hook(bytes, lambda value, _: base64.b64decode(value))
     return converter

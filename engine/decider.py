@@ -150,4 +150,3 @@ def combine(
         command_types=left.command_types + right.command_types,
         event_types=tuple(dict.fromkeys(left.event_types + right.event_types)),
     )
-

@@ -143,9 +143,7 @@ class CheckpointConflictError(EskitError):
         self.actual = actual
 
     def __str__(self) -> str:
-        return (
-            f"checkpoint {self.name!r}: expected position {self.expected}, found {self.actual}"
-        )
+        return f"checkpoint {self.name!r}: expected position {self.expected}, found {self.actual}"
 
 
 class CodecError(EskitError, ValueError):

@@ -101,9 +101,7 @@ class ExpectedVersion(enum.Enum):
         return self.value
 
 
-def check_expected_version(
-    stream_id: str, expected: int | ExpectedVersion, actual: int
-) -> None:
+def check_expected_version(stream_id: str, expected: int | ExpectedVersion, actual: int) -> None:
     """Raise :class:`ConcurrencyError` unless ``actual`` satisfies ``expected``.
 
     Args:
@@ -126,9 +124,7 @@ def check_expected_version(
             raise ValueError(f"expected_version must be >= 0, got {expected}")
         ok = expected == actual
     else:
-        raise TypeError(
-            f"expected_version must be an int or an ExpectedVersion, got {expected!r}"
-        )
+        raise TypeError(f"expected_version must be an int or an ExpectedVersion, got {expected!r}")
     if not ok:
         raise ConcurrencyError(stream_id, expected, actual)
 

@@ -131,4 +131,3 @@ class ViewProjection(Generic[R, E]):
         """Back to the empty read model."""
         self.state = self.view.initial_state()
         self.position = 0
-

@@ -69,9 +69,7 @@ class _IdentifyingSender:
         # The command's events point back at the event that caused them.
         merged = {
             "causation_id": str(self.event.event_id),
-            "correlation_id": self.event.metadata.get(
-                "correlation_id", str(self.event.event_id)
-            ),
+            "correlation_id": self.event.metadata.get("correlation_id", str(self.event.event_id)),
             **(metadata or {}),
         }
         return await self.send(

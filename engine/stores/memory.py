@@ -90,9 +90,7 @@ class MemoryStore(Generic[E]):
             validate_stream_id(stream_id)
             for event in events:
                 if not isinstance(event, NewEvent):
-                    raise TypeError(
-                        f"append takes NewEvent items, got {type(event).__qualname__}"
-                    )
+                    raise TypeError(f"append takes NewEvent items, got {type(event).__qualname__}")
             payloads = [event.data for event in events]
         if idempotency_key is not None:
             known = self._keys.get(idempotency_key)
@@ -107,9 +105,7 @@ class MemoryStore(Generic[E]):
         first_position = len(self._log) + 1
         for offset, (event, payload) in enumerate(zip(events, payloads, strict=True)):
             type_name = (
-                payload.type
-                if isinstance(payload, EncodedNewEvent)
-                else type(payload).__qualname__
+                payload.type if isinstance(payload, EncodedNewEvent) else type(payload).__qualname__
             )
             self._log.append(
                 _Record(
@@ -257,4 +253,3 @@ class MemoryCheckpointStore:
         if position < 0:
             raise ValueError(f"a checkpoint position must be >= 0, got {position}")
         self._positions[name] = position
-

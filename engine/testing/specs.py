@@ -45,15 +45,12 @@ SPEC_STREAM_ID = "spec-stream"
 def _diff(expected: Any, actual: Any) -> str:
     left = pprint.pformat(expected, width=88).splitlines()
     right = pprint.pformat(actual, width=88).splitlines()
-    return "\n".join(
-        difflib.unified_diff(left, right, "expected", "actual", lineterm="", n=3)
-    )
+    return "\n".join(difflib.unified_diff(left, right, "expected", "actual", lineterm="", n=3))
 
 
 def _mismatch(what: str, expected: Any, actual: Any) -> AssertionError:
     return AssertionError(
-        f"{what} differ:\n{_diff(expected, actual)}\n"
-        f"expected: {expected!r}\nactual:   {actual!r}"
+        f"{what} differ:\n{_diff(expected, actual)}\nexpected: {expected!r}\nactual:   {actual!r}"
     )
 
 
