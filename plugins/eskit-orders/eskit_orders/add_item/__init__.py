@@ -1,0 +1,1 @@
+"""Slice: add a product line to a draft order."""

@@ -1,0 +1,1 @@
+"""Slice: cancel an order that has not shipped."""

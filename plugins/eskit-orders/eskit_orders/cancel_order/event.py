@@ -1,0 +1,10 @@
+"""The order-cancelled event."""
+
+import attrs
+
+
+@attrs.frozen
+class OrderCancelled:
+    """The order was cancelled."""
+
+    reason: str

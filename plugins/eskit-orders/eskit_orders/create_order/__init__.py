@@ -1,0 +1,1 @@
+"""Slice: create an order for a customer."""

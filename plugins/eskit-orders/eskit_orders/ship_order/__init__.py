@@ -1,0 +1,1 @@
+"""Slice: ship a submitted order."""

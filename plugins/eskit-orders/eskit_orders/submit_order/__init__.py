@@ -1,0 +1,1 @@
+"""Slice: submit a draft order."""
