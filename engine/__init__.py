@@ -25,7 +25,13 @@ from engine.errors import (
     UnknownEventTypeError,
 )
 from engine.events import Event, ExpectedVersion, NewEvent
-from engine.handler import CommandContext, CommandHandler, CommandResult, StateCache
+from engine.handler import (
+    CommandContext,
+    CommandHandler,
+    CommandResult,
+    HandlerStatistics,
+    StateCache,
+)
 from engine.locks.base import Lease, LockRegistry
 from engine.locks.memory import MemoryLockRegistry
 from engine.middleware import logging_middleware, profiler_middleware, single_writer_middleware
@@ -63,6 +69,7 @@ __all__ = [
     "EventStore",
     "EventTooLargeError",
     "ExpectedVersion",
+    "HandlerStatistics",
     "IdempotencyConflictError",
     "InvalidStreamIdError",
     "Lease",

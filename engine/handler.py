@@ -27,6 +27,7 @@ __all__ = [
     "CommandContext",
     "CommandHandler",
     "CommandResult",
+    "HandlerStatistics",
     "Middleware",
     "NextHandler",
     "StateCache",
@@ -63,6 +64,27 @@ class CommandResult(Generic[S, E]):
     events: list[Event[E]]
     version: int
     duplicate: bool = False
+
+
+@attrs.frozen
+class HandlerStatistics:
+    """Counters of a :class:`CommandHandler` since it was created.
+
+    Attributes:
+        handled: Commands that completed (including duplicates and no-op decisions).
+        duplicates: Commands answered from a stored idempotency key.
+        conflicts: Appends that hit a concurrency conflict and were retried.
+        cache_hits: Loads that started from a cached state.
+        cache_misses: Loads that started from a snapshot or from scratch.
+        cached_streams: Streams currently in the state cache.
+    """
+
+    handled: int
+    duplicates: int
+    conflicts: int
+    cache_hits: int
+    cache_misses: int
+    cached_streams: int
 
 
 @attrs.frozen
@@ -167,6 +189,7 @@ class CommandHandler(Generic[S, C, E]):
     cache_size: int = DEFAULT_CACHE_SIZE
     random: random.Random = attrs.field(factory=random.Random)
     _cache: StateCache[S] = attrs.field(init=False)
+    _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._cache = StateCache(self.cache_size)
@@ -174,6 +197,18 @@ class CommandHandler(Generic[S, C, E]):
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
+
+    def statistics(self) -> HandlerStatistics:
+        """A snapshot of the handler's counters."""
+        counts = self._counts
+        return HandlerStatistics(
+            handled=counts["handled"],
+            duplicates=counts["duplicates"],
+            conflicts=counts["conflicts"],
+            cache_hits=counts["cache_hits"],
+            cache_misses=counts["cache_misses"],
+            cached_streams=len(self._cache),
+        )
 
     def use(self, middleware: Middleware) -> None:
         """Add ``middleware`` inside the ones already added."""
@@ -210,7 +245,11 @@ class CommandHandler(Generic[S, C, E]):
         call: NextHandler = self._handle
         for middleware in reversed(self.middleware):
             call = _bind(middleware, call)
-        return await call(context)
+        result = await call(context)
+        self._counts["handled"] += 1
+        if result.duplicate:
+            self._counts["duplicates"] += 1
+        return result
 
     async def load(self, stream_id: str) -> tuple[S, int]:
         """The stream's current state and version (through the cache and snapshots)."""
@@ -225,8 +264,10 @@ class CommandHandler(Generic[S, C, E]):
         # command on the same stream simply misses the cache and reads the store.
         cached = self._cache.pop(stream_id)
         if cached is not None:
+            self._counts["cache_hits"] += 1
             version, state = cached
         else:
+            self._counts["cache_misses"] += 1
             state, version = await self._load_snapshot(stream_id)
         events = await self.store.load(stream_id, after_version=version)
         if events:
@@ -257,6 +298,7 @@ class CommandHandler(Generic[S, C, E]):
                     stream_id, new_events, expected_version=version, idempotency_key=command_id
                 )
             except ConcurrencyError as conflict:
+                self._counts["conflicts"] += 1
                 actual = conflict.actual
                 if attempt < self.max_attempts:
                     ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))

@@ -1,0 +1,178 @@
+"""The codec: explicit registration, formats, the converter and upcasting on read."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import pickle
+import uuid
+
+import attrs
+import pytest
+
+from engine import JSON, MSGPACK, ORJSON, Codec, CodecError, EventRegistry, MemoryStore, NewEvent
+from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@attrs.frozen
+class Rich:
+    when: dt.datetime
+    day: dt.date
+    price: decimal.Decimal
+    id: uuid.UUID
+    colour: Colour
+    blob: bytes
+    tags: tuple[str, ...]
+    nested: dict[str, list[int]]
+    maybe: int | None = None
+
+
+@attrs.frozen
+class PriceSetV2:
+    amount: int
+    currency: str
+
+
+@attrs.frozen
+class PriceChanged:
+    amount: int
+    currency: str
+    reason: str
+
+
+def rich() -> Rich:
+    return Rich(
+        when=dt.datetime(2026, 11, 27, 12, 30, tzinfo=dt.UTC),
+        day=dt.date(2026, 1, 2),
+        price=decimal.Decimal("19.99"),
+        id=uuid.UUID(int=7),
+        colour=Colour.BLUE,
+        blob=b"\x00\xff binary",
+        tags=("a", "\u00fc"),
+        nested={"k": [1, 2]},
+    )
+
+
+@pytest.mark.parametrize("fmt", [JSON, ORJSON, MSGPACK], ids=lambda f: f.name)
+def test_round_trip_in_every_format(fmt: object) -> None:
+    """Dates, decimals, UUIDs, enums, bytes, tuples and nesting survive each format."""
+    registry = EventRegistry()
+    registry.register(Rich)
+    codec: Codec[Rich] = Codec(registry, format=fmt)  # type: ignore[arg-type]
+    encoded = codec.encode(rich())
+    assert encoded.type == "Rich"
+    assert encoded.schema_version == 1
+    assert codec.decode(encoded.type, 1, encoded.data) == rich()
+
+
+def test_json_and_orjson_write_compatible_bytes() -> None:
+    """Events written with stdlib JSON are read by orjson and the other way round."""
+    registry = EventRegistry()
+    registry.register(Rich)
+    slow: Codec[Rich] = Codec(registry, format=JSON)
+    fast: Codec[Rich] = Codec(registry, format=ORJSON)
+    assert fast.decode("Rich", 1, slow.encode(rich()).data) == rich()
+    assert slow.decode("Rich", 1, fast.encode(rich()).data) == rich()
+
+
+def test_registration_is_explicit_and_unique() -> None:
+    """A name or class registers once; unknown names and classes give clear errors."""
+    registry = EventRegistry()
+    registry.register(Rich, name="shop.Rich")
+    with pytest.raises(DuplicateEventTypeError, match=r"shop\.Rich"):
+        registry.register(PriceChanged, name="shop.Rich")
+    with pytest.raises(DuplicateEventTypeError, match="already registered"):
+        registry.register(Rich, name="other")
+    with pytest.raises(UnknownEventTypeError, match="nope"):
+        registry.class_for("nope")
+    with pytest.raises(UnknownEventTypeError, match="not registered"):
+        Codec(registry).encode(PriceChanged(1, "EUR", "x"))
+    with pytest.raises(ValueError, match="version"):
+        registry.register(PriceChanged, version=0)
+    assert registry.names() == ["shop.Rich"]
+
+
+async def test_v1_event_is_read_as_v2_through_an_upcaster() -> None:
+    """An event stored under schema v1 is read back as the v2 class; the stored bytes
+    are never rewritten."""
+    old = EventRegistry()
+
+    @attrs.frozen
+    class PriceSet:
+        amount: int
+
+    old.register(PriceSet, name="PriceSet", version=1)
+    store: MemoryStore[object] = MemoryStore(Codec(old))
+    await store.append("p", [NewEvent(PriceSet(100))])
+
+    new = EventRegistry()
+    new.register(PriceSetV2, name="PriceSet", version=2)
+    new.add_upcaster("PriceSet", 1, lambda payload: {**payload, "currency": "EUR"})
+    store.codec = Codec(new)
+    [event] = await store.load("p")
+    assert event.data == PriceSetV2(100, "EUR")
+    assert event.type == "PriceSet"
+
+
+def test_upcasters_chain_and_rename() -> None:
+    """Upcasters run step by step and may rename the type on the way."""
+    registry = EventRegistry()
+    registry.register(PriceChanged, name="PriceChanged", version=3)
+    registry.add_upcaster(
+        "PriceSet", 1, lambda p: {**p, "currency": "EUR"}, rename_to="PriceChanged"
+    )
+    registry.add_upcaster("PriceChanged", 2, lambda p: {**p, "reason": "migrated"})
+    codec: Codec[PriceChanged] = Codec(registry)
+    assert codec.decode("PriceSet", 1, b'{"amount": 5}') == PriceChanged(5, "EUR", "migrated")
+    assert codec.decode("PriceChanged", 2, b'{"amount": 5, "currency": "USD"}') == PriceChanged(
+        5, "USD", "migrated"
+    )
+
+
+def test_missing_upcaster_and_future_versions_are_errors() -> None:
+    """A stored version with no path to the current one fails loudly, naming both."""
+    registry = EventRegistry()
+    registry.register(PriceChanged, name="PriceChanged", version=3)
+    codec: Codec[PriceChanged] = Codec(registry)
+    with pytest.raises(CodecError, match="v1"):
+        codec.decode("PriceChanged", 1, b"{}")
+    with pytest.raises(CodecError, match="newer"):
+        codec.decode("PriceChanged", 9, b"{}")
+    registry.add_upcaster("PriceChanged", 1, lambda p: 1 / 0)  # type: ignore[arg-type, return-value]
+    with pytest.raises(CodecError, match="upcaster"):
+        codec.decode("PriceChanged", 1, b"{}")
+
+
+def test_bad_payloads_raise_codec_errors() -> None:
+    """Corrupt bytes and wrong shapes become CodecError naming the type, never a crash."""
+    registry = EventRegistry()
+    registry.register(PriceChanged)
+    codec: Codec[PriceChanged] = Codec(registry)
+    with pytest.raises(CodecError, match="parse"):
+        codec.decode("PriceChanged", 1, b"{not json")
+    with pytest.raises(CodecError, match="PriceChanged"):
+        codec.decode("PriceChanged", 1, b'{"amount": "lots"}')
+
+
+def test_pickle_payloads_are_never_unpickled() -> None:
+    """A pickle in the store is just invalid data: decoding fails without running it."""
+    registry = EventRegistry()
+    registry.register(PriceChanged)
+    payload = pickle.dumps(PriceChanged(1, "EUR", "x"))
+    for fmt in (JSON, ORJSON, MSGPACK):
+        with pytest.raises(CodecError):
+            Codec(registry, format=fmt).decode("PriceChanged", 1, payload)
+
+
+def test_values_for_snapshots() -> None:
+    """encode_value/decode_value carry snapshot states of any structured class."""
+    codec: Codec[object] = Codec(EventRegistry(), format=ORJSON)
+    assert codec.decode_value(codec.encode_value(rich()), Rich) == rich()
+    with pytest.raises(CodecError, match="Rich"):
+        codec.decode_value(b'{"when": 1}', Rich)
