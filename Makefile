@@ -1,0 +1,35 @@
+# The two commands of the quick start, plus the checks CI runs.
+# Each target creates the virtualenv and installs the project on first use.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: run test lint check clean
+
+$(BIN)/.installed: pyproject.toml $(PLUGINS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $@
+
+## run: run the bank example (the engine on its embedded default replaces it when it lands)
+run: $(BIN)/.installed
+	$(BIN)/python -m eskit_bank
+
+## test: the whole test suite against real PostgreSQL and nats-server (started by the suite)
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+## lint: ruff, ruff format and mypy strict
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## check: everything CI runs
+check: lint test
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
