@@ -1,0 +1,258 @@
+"""The floors: the raw drivers doing the same work as eskit, with nothing in between.
+
+Each floor writes the same rows (same payload bytes, same columns and unique index) with
+the same durability as the eskit backend it is compared with.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from benchmarks.domain import payload_bytes
+from benchmarks.harness import Stopwatch
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS floor_events (
+    position INTEGER PRIMARY KEY,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    metadata BLOB NOT NULL,
+    event_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+)
+"""
+
+
+def _sqlite(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(SQLITE_SCHEMA)
+    return conn
+
+
+def _row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, str, str]:
+    return (
+        stream_id,
+        version,
+        "bench.Deposited",
+        payload_bytes(),
+        b"{}",
+        str(uuid.uuid4()),
+        "2026-11-27T00:00:00+00:00",
+    )
+
+
+INSERT_SQLITE = (
+    "INSERT INTO floor_events (stream_id, version, type, data, metadata, event_id, recorded_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def sqlite_single_inserts(path: Path, count: int, streams: int) -> tuple[float, Stopwatch]:
+    """One single-row transaction per event, round-robin over ``streams``."""
+    conn = _sqlite(path)
+    versions = [0] * streams
+    watch = Stopwatch()
+    with watch:
+        for i in range(count):
+            started = time.perf_counter()
+            s = i % streams
+            versions[s] += 1
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(INSERT_SQLITE, _row(f"floor-{s}", versions[s]))
+            conn.execute("COMMIT")
+            watch.latencies.append(time.perf_counter() - started)
+    conn.close()
+    return watch.rate(count), watch
+
+
+def sqlite_batch(path: Path, batches: int, size: int) -> float:
+    """``batches`` transactions of ``size`` rows each, events per second."""
+    conn = _sqlite(path)
+    watch = Stopwatch()
+    with watch:
+        for b in range(batches):
+            rows = [_row(f"batch-{b}", v) for v in range(1, size + 1)]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_SQLITE, rows)
+            conn.execute("COMMIT")
+    conn.close()
+    return watch.rate(batches * size)
+
+
+def sqlite_fill(path: Path, stream_id: str, count: int) -> None:
+    conn = _sqlite(path)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(INSERT_SQLITE, (_row(stream_id, v) for v in range(1, count + 1)))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def sqlite_load_stream(path: Path, stream_id: str) -> float:
+    """Fetch one stream's rows in version order (undecoded), rows per second."""
+    conn = _sqlite(path)
+    watch = Stopwatch()
+    with watch:
+        rows = conn.execute(
+            "SELECT * FROM floor_events WHERE stream_id = ? ORDER BY version", (stream_id,)
+        ).fetchall()
+    conn.close()
+    return watch.rate(len(rows))
+
+
+def sqlite_scan(path: Path, page: int = 1000) -> float:
+    """Read every row in position order, page by page (undecoded), rows per second."""
+    conn = _sqlite(path)
+    count = 0
+    position = 0
+    watch = Stopwatch()
+    with watch:
+        while True:
+            rows = conn.execute(
+                "SELECT * FROM floor_events WHERE position > ? ORDER BY position LIMIT ?",
+                (position, page),
+            ).fetchall()
+            if not rows:
+                break
+            count += len(rows)
+            position = rows[-1][0]
+    conn.close()
+    return watch.rate(count)
+
+
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS floor_events (
+    position BIGSERIAL PRIMARY KEY,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    metadata BYTEA NOT NULL,
+    event_id UUID NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (stream_id, version)
+)
+"""
+INSERT_PG = (
+    "INSERT INTO floor_events (stream_id, version, type, data, metadata, event_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+
+def _pg_row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, uuid.UUID]:
+    return (stream_id, version, "bench.Deposited", payload_bytes(), b"{}", uuid.uuid4())
+
+
+def pg_setup(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS floor_events")
+        conn.execute(PG_SCHEMA)
+
+
+def pg_single_inserts(dsn: str, count: int, streams: int) -> tuple[float, Stopwatch]:
+    """One single-row transaction per event on one connection."""
+    import psycopg
+
+    watch = Stopwatch()
+    versions = [0] * streams
+    with psycopg.connect(dsn) as conn, watch:
+        for i in range(count):
+            started = time.perf_counter()
+            s = i % streams
+            versions[s] += 1
+            with conn.transaction():
+                conn.execute(INSERT_PG, _pg_row(f"floor-seq-{s}", versions[s]))
+            watch.latencies.append(time.perf_counter() - started)
+    return watch.rate(count), watch
+
+
+def pg_concurrent_inserts(dsn: str, connections: int, per_connection: int) -> float:
+    """``connections`` threads, each inserting one row per transaction on its own connection."""
+    import psycopg
+
+    def work(index: int) -> None:
+        with psycopg.connect(dsn) as conn:
+            for v in range(1, per_connection + 1):
+                with conn.transaction():
+                    conn.execute(INSERT_PG, _pg_row(f"floor-c{connections}-{index}", v))
+
+    watch = Stopwatch()
+    with watch, concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        list(pool.map(work, range(connections)))
+    return watch.rate(connections * per_connection)
+
+
+def pg_batch(dsn: str, batches: int, size: int) -> float:
+    """``batches`` transactions of ``size`` rows with one unnest insert each."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn, Stopwatch() as watch:
+        for b in range(batches):
+            rows = [_pg_row(f"floor-batch-{b}", v) for v in range(1, size + 1)]
+            columns = list(zip(*rows, strict=True))
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO floor_events (stream_id, version, type, data, metadata, event_id) "
+                    "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bytea[], "
+                    "%s::bytea[], %s::uuid[])",
+                    [list(c) for c in columns],
+                    binary=True,
+                )
+    return watch.rate(batches * size)
+
+
+def pg_fill(dsn: str, stream_id: str, count: int) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "COPY floor_events (stream_id, version, type, data, metadata, event_id) FROM STDIN"
+        ) as copy:
+            for v in range(1, count + 1):
+                copy.write_row(_pg_row(stream_id, v))
+        conn.commit()
+
+
+def pg_load_stream(dsn: str, stream_id: str) -> float:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        watch = Stopwatch()
+        with watch:
+            rows = conn.execute(
+                "SELECT * FROM floor_events WHERE stream_id = %s ORDER BY version",
+                (stream_id,),
+                binary=True,
+            ).fetchall()
+    return watch.rate(len(rows))
+
+
+def pg_scan(dsn: str, page: int = 1000) -> float:
+    import psycopg
+
+    count = 0
+    position = 0
+    with psycopg.connect(dsn) as conn:
+        watch = Stopwatch()
+        with watch:
+            while True:
+                rows = conn.execute(
+                    "SELECT * FROM floor_events WHERE position > %s ORDER BY position LIMIT %s",
+                    (position, page),
+                    binary=True,
+                ).fetchall()
+                if not rows:
+                    break
+                count += len(rows)
+                position = rows[-1][0]
+    return watch.rate(count)
