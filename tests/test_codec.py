@@ -11,7 +11,17 @@ import uuid
 import attrs
 import pytest
 
-from engine import JSON, MSGPACK, ORJSON, Codec, CodecError, EventRegistry, MemoryStore, NewEvent
+from engine import (
+    JSON,
+    MSGPACK,
+    ORJSON,
+    Codec,
+    CodecError,
+    EventRegistry,
+    MemoryStore,
+    NewEvent,
+    make_converter,
+)
 from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
 
 
@@ -176,3 +186,44 @@ def test_values_for_snapshots() -> None:
     assert codec.decode_value(codec.encode_value(rich()), Rich) == rich()
     with pytest.raises(CodecError, match="Rich"):
         codec.decode_value(b'{"when": 1}', Rich)
+
+
+@attrs.frozen
+class Converted:
+    amount: int = attrs.field(converter=abs)
+
+
+@attrs.frozen
+class Plain:
+    amount: int
+    tags: tuple[str, ...] = ()
+
+
+def test_fast_path_is_used_only_where_it_agrees_with_cattrs() -> None:
+    """msgspec decodes plain classes; classes with attrs converters stay on cattrs, and a
+    bad first payload does not switch the fast path off."""
+    registry = EventRegistry()
+    registry.register(Converted)
+    registry.register(Plain)
+    codec: Codec[object] = Codec(registry)
+    with pytest.raises(CodecError):
+        codec.decode("Plain", 1, b'{"amount": "x"}')
+    assert Plain not in codec._fast
+    assert codec.decode("Plain", 1, b'{"amount": 1, "tags": ["a"]}') == Plain(1, ("a",))
+    assert codec._fast[Plain] is not False
+    assert codec.decode("Converted", 1, b'{"amount": -3}') == Converted(3)
+    assert codec._fast[Converted] is False
+    with pytest.raises(CodecError, match="Plain"):
+        codec.decode("Plain", 1, b'{"amount": "not a number"}')
+
+
+def test_custom_converter_turns_the_fast_path_off() -> None:
+    """A user converter's hooks are honoured: the fast path is off unless asked for."""
+    registry = EventRegistry()
+    registry.register(Plain)
+    converter = make_converter()
+    converter.register_structure_hook(Plain, lambda value, _: Plain(value["amount"] * 10))
+    codec: Codec[object] = Codec(registry, converter=converter)
+    assert codec.decode("Plain", 1, b'{"amount": 1}') == Plain(10)
+    assert not codec.fast_decode
+    assert not Codec(registry, format=MSGPACK).fast_decode
