@@ -306,15 +306,18 @@ class Codec(Generic[E]):
 
     registry: EventRegistry
     format: Format = JSON
-    converter: cattrs.Converter = attrs.field(default=None)
+    converter: cattrs.Converter | None = None
     fast_decode: bool | None = None
+    _conv: cattrs.Converter = attrs.field(init=False, repr=False)
     _fast: dict[type, Any] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.converter is None:
-            self.converter = make_converter()
+            self._conv = make_converter()
             if self.fast_decode is None:
                 self.fast_decode = True
+        else:
+            self._conv = self.converter
         if self.format.name not in ("json", "orjson"):
             self.fast_decode = False
 
@@ -322,7 +325,7 @@ class Codec(Generic[E]):
         """Encode one domain event."""
         name, version = self.registry.registration_for(type(data))
         try:
-            payload = self.format.dumps(self.converter.unstructure(data))
+            payload = self.format.dumps(self._conv.unstructure(data))
         except Exception as exc:
             raise CodecError(f"cannot encode event {name!r}: {exc!r}") from exc
         return EncodedEvent(name, version, payload)
@@ -349,7 +352,7 @@ class Codec(Generic[E]):
             type_name, raw = self.registry.upcast(type_name, schema_version, raw)
             current = self.registry._lookup(type_name)
         try:
-            return self.converter.structure(raw, current.cls)
+            return self._conv.structure(raw, current.cls)
         except Exception as exc:
             details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
             raise CodecError(f"cannot decode stored event {type_name!r}: {details}") from exc
@@ -370,7 +373,7 @@ class Codec(Generic[E]):
             return False
         try:
             fast: Any = candidate.decode(data)
-            slow: Any = self.converter.structure(self.format.loads(data), cls)
+            slow: Any = self._conv.structure(self.format.loads(data), cls)
         except Exception:
             return False
         decoder = candidate if fast == slow and type(fast) is type(slow) else False
@@ -384,14 +387,14 @@ class Codec(Generic[E]):
     def encode_value(self, value: Any) -> bytes:
         """Encode any value the converter can unstructure (snapshot states, checkpoints)."""
         try:
-            return self.format.dumps(self.converter.unstructure(value))
+            return self.format.dumps(self._conv.unstructure(value))
         except Exception as exc:
             raise CodecError(f"cannot encode {type(value).__qualname__}: {exc!r}") from exc
 
     def decode_value(self, data: bytes, cls: type[T]) -> T:
         """Decode bytes made by :meth:`encode_value` into ``cls``."""
         try:
-            return self.converter.structure(self.format.loads(data), cls)
+            return self._conv.structure(self.format.loads(data), cls)
         except Exception as exc:
             details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
             raise CodecError(f"cannot decode {cls.__qualname__}: {details}") from exc
