@@ -1,0 +1,349 @@
+"""The engine's configuration: one TOML file, structured into frozen attrs classes.
+
+No file at all is a valid configuration: the tier-1 embedded default (a SQLite store in
+the data folder, in-process bus and locks, every installed plugin, HTTP on 127.0.0.1).
+
+Every value can be overridden from the environment: ``ESKIT_<SECTION>__<KEY>`` (two
+underscores between the section and the key), for example ``ESKIT_STORE__DSN`` or
+``ESKIT_HTTP__TOKEN``, so that secrets need not be written into the file.
+
+Errors name the key path and what was expected, in one line each::
+
+    config error in eskit.toml: store.backend: must be one of memory, sqlite, postgres, nats (got 'mysql')
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+from engine.errors import ConfigError
+from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
+
+__all__ = [
+    "BusConfig",
+    "Config",
+    "EngineConfig",
+    "HttpConfig",
+    "LocksConfig",
+    "NatsConfig",
+    "PluginsConfig",
+    "RunnersConfig",
+    "StoreConfig",
+    "load_config",
+    "parse_config",
+]
+
+ENV_PREFIX = "ESKIT_"
+DEFAULT_PORT = 8080
+DEFAULT_DATA_DIR = "eskit-data"
+
+StoreBackend = Literal["memory", "sqlite", "postgres", "nats"]
+BusBackend = Literal["memory", "nats"]
+LocksBackend = Literal["memory", "nats", "postgres"]
+ErrorPolicy = Literal["retry-then-park", "retry-then-stop", "stop"]
+
+
+def _default_node_id() -> str:
+    return socket.gethostname() or "node-1"
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: must be > 0 (got {value!r})")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be >= 0 (got {value!r})")
+
+
+def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name}: must be a TCP port, 0 to 65535 (got {value!r})")
+
+
+@attrs.frozen(kw_only=True)
+class EngineConfig:
+    """``[engine]``: who this node is and where it keeps its files."""
+
+    node_id: str = attrs.field(factory=_default_node_id)
+    data_dir: str = DEFAULT_DATA_DIR
+    grace_period: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class StoreConfig:
+    """``[store]``: the event store (``backend`` picks one; the other keys are its options)."""
+
+    backend: StoreBackend = "sqlite"
+    path: str = "events.db"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    dsn: str = ""
+    read_dsn: str = ""
+    schema: str = "eskit"
+    pool_size: int = attrs.field(default=10, validator=_positive)
+    max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, validator=_positive)
+    namespace: str = "eskit"
+
+
+@attrs.frozen(kw_only=True)
+class NatsConfig:
+    """``[nats]``: an external server (``url``) or an embedded one (``embedded = true``)."""
+
+    url: str = ""
+    embedded: bool = False
+    token: str = ""
+    user: str = ""
+    password: str = ""
+    credentials: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class BusConfig:
+    """``[bus]``: how nodes wake each other up (the store stays the source of truth)."""
+
+    backend: BusBackend = "memory"
+
+
+@attrs.frozen(kw_only=True)
+class LocksConfig:
+    """``[locks]``: single-writer leases and runner leadership."""
+
+    backend: LocksBackend = "memory"
+    ttl: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class HttpConfig:
+    """``[http]``: the command and query ingress (loopback only unless you say otherwise)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
+    token: str = attrs.field(default="", repr=False)
+    max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class PluginsConfig:
+    """``[plugins]``: which installed plugins run, and extra folders to import them from."""
+
+    enabled: tuple[str, ...] | None = None
+    paths: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RunnersConfig:
+    """``[runners]``: how projections and automations catch up and what they do on errors."""
+
+    batch_size: int = attrs.field(default=500, validator=_positive)
+    poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    error_policy: ErrorPolicy = "retry-then-park"
+    max_retries: int = attrs.field(default=5, validator=_non_negative)
+    ready_lag: int = attrs.field(default=100, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole configuration. ``Config()`` is the embedded default."""
+
+    engine: EngineConfig = attrs.field(factory=EngineConfig)
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    nats: NatsConfig = attrs.field(factory=NatsConfig)
+    bus: BusConfig = attrs.field(factory=BusConfig)
+    locks: LocksConfig = attrs.field(factory=LocksConfig)
+    http: HttpConfig = attrs.field(factory=HttpConfig)
+    plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+    runners: RunnersConfig = attrs.field(factory=RunnersConfig)
+
+    def data_path(self, name: str) -> Path:
+        """``name`` inside the data folder (absolute paths are kept as they are)."""
+        return Path(self.engine.data_dir).expanduser() / name
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number, got {value!r}")
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _structure_names(value: Any, _: type) -> tuple[str, ...]:
+    if isinstance(value, str):  # from the environment: comma separated
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ValueError(f"expected a list of strings, got {value!r}")
+
+
+def _converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_names)
+    converter.register_structure_hook_func(
+        lambda t: t == tuple[str, ...] | None,
+        lambda v, t: None if v is None else _structure_names(v, t),
+    )
+    return converter
+
+
+def _format_problem(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return "unknown key(s) " + ", ".join(sorted(exc.extra_fields))
+    if typing.get_origin(type_) is Literal:
+        choices = ", ".join(str(choice) for choice in typing.get_args(type_))
+        value = str(exc).split(" not in literal", 1)[0]
+        return f"must be one of {choices} (got {value!r})"
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    if attrs.has(type_):
+        return "expected a table of keys"
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _describe(message: str) -> str:
+    # cattrs says "<problem> @ $.http.port"; we say "http.port: <problem>".
+    detail, _, path = message.rpartition(" @ $")
+    path = path.lstrip(".")
+    if not detail:
+        return message
+    field, sep, rest = detail.partition(": ")
+    if sep and field.isidentifier() and " " not in field:
+        # A validator's "name: problem" completes the path to the key.
+        path, detail = (f"{path}.{field}" if path else field), rest
+    return f"{path}: {detail}" if path else detail
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].partition("__")
+        if section and name:
+            sections.setdefault(section.lower(), {})[name.lower()] = value
+    return sections
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+) -> Config:
+    """Structure a parsed TOML document (plus environment overrides) into a :class:`Config`.
+
+    Raises:
+        ConfigError: Unknown sections or keys, wrong types, or missing options of the
+            chosen backends; the message names each key path.
+    """
+    merged: dict[str, Any] = {
+        name: dict(value) if isinstance(value, Mapping) else value for name, value in data.items()
+    }
+    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target.update(values)
+    try:
+        config = _converter().structure(merged, Config)
+    except cattrs.BaseValidationError as exc:
+        messages = cattrs.transform_error(exc, path="$", format_exception=_format_problem)
+        problems = "; ".join(_describe(m) for m in messages)
+        raise ConfigError(f"config error in {source}: {problems}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config error in {source}: {exc}") from None
+    _check_backends(config, source)
+    return config
+
+
+def _check_backends(config: Config, source: str) -> None:
+    problems = []
+    if config.store.backend == "postgres" and not config.store.dsn:
+        problems.append("store.dsn: required for the postgres backend (or set ESKIT_STORE__DSN)")
+    uses_nats = (
+        config.store.backend == "nats"
+        or config.bus.backend == "nats"
+        or config.locks.backend == "nats"
+    )
+    if uses_nats and not (config.nats.url or config.nats.embedded):
+        problems.append("nats.url: required when a backend is nats (or set nats.embedded = true)")
+    if config.nats.url and config.nats.embedded:
+        problems.append("nats: give either url or embedded = true, not both")
+    if config.locks.backend == "postgres" and config.store.backend != "postgres":
+        problems.append("locks.backend: postgres locks need store.backend = postgres")
+    if problems:
+        raise ConfigError(f"config error in {source}: " + "; ".join(problems))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read ``path`` (TOML) into a :class:`Config`; ``None`` gives the embedded default.
+
+    Raises:
+        ConfigError: The file is missing, not valid TOML, or not a valid configuration.
+    """
+    if path is None:
+        return parse_config({}, environ=environ, source="the embedded default")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error in {file}: not valid TOML: {exc}") from None
+    return parse_config(data, environ=environ, source=str(file))
