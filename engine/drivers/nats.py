@@ -1,0 +1,598 @@
+"""The NATS driver: the one place nats-py connections are opened, bridged to Trio and closed.
+
+nats-py is an asyncio library. It runs here on a private asyncio loop in one side thread
+that :func:`open_nats` starts and joins; Trio code hands it whole *jobs* (one JetStream
+publish, one atomic batch, one batched direct get) and waits for the result without
+blocking the Trio loop. Measured on the 2-core dev VM against trio-asyncio (see
+``benchmarks/nats_store.py`` and DESIGN.md): the side loop keeps nats-py at its plain
+asyncio speed, while nats-py's per-message paths run several times slower on
+trio-asyncio's loop. The price is one cross-thread wake-up each way per job, so adapters
+cross once per batch, never once per event.
+
+Errors: nats-py's exceptions never leave this module. Timeouts become the builtin
+:class:`TimeoutError`, a closed or unusable connection :class:`ConnectionError` (or
+:class:`trio.ClosedResourceError` once the driver is closed), and a JetStream API error
+reply :class:`JetStreamApiError` with the server's codes, which adapters translate into
+engine errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import nats
+import nats.errors
+import orjson
+import trio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+__all__ = [
+    "BATCH_COMMIT",
+    "BATCH_ID",
+    "BATCH_SEQUENCE",
+    "DEFAULT_TIMEOUT",
+    "EXPECTED_LAST_SUBJECT_SEQUENCE",
+    "MSG_ID",
+    "DirectBatch",
+    "JetStreamApiError",
+    "NatsConnection",
+    "NatsStatistics",
+    "OutMsg",
+    "PubAck",
+    "StoredMsg",
+    "open_nats",
+]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Seconds a single request (publish acknowledgement, API call, batch read) may take.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds to wait between reconnect attempts; the driver retries forever by default.
+DEFAULT_RECONNECT_WAIT = 0.5
+#: Seconds the driver gives nats-py to flush and close, and the side thread to end.
+CLOSE_GRACE = 5.0
+#: Bytes a batched direct get may return per request (the server's default is 64 MiB).
+DIRECT_BATCH_MAX_BYTES = 16 * 1024 * 1024
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+BATCH_ID = "Nats-Batch-Id"
+BATCH_SEQUENCE = "Nats-Batch-Sequence"
+BATCH_COMMIT = "Nats-Batch-Commit"
+_STATUS = "Status"
+_SEQUENCE = "Nats-Sequence"
+_SUBJECT = "Nats-Subject"
+_LAST_SEQUENCE = "Nats-Last-Sequence"
+_NUM_PENDING = "Nats-Num-Pending"
+
+
+class JetStreamApiError(RuntimeError):
+    """The JetStream API answered a request with an error.
+
+    Attributes:
+        code: The HTTP-like status (400, 404, 429, 503...).
+        err_code: JetStream's own error code (10071 = wrong last sequence, ...).
+        description: The server's text.
+    """
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(code, err_code, description)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+    def __str__(self) -> str:
+        return f"JetStream error {self.err_code} ({self.code}): {self.description}"
+
+
+@attrs.frozen
+class OutMsg:
+    """A message to publish: subject, payload and headers."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class PubAck:
+    """JetStream's acknowledgement of a stored message (of a batch's last message)."""
+
+    stream: str
+    sequence: int
+    duplicate: bool = False
+    count: int = 1
+
+
+@attrs.frozen
+class StoredMsg:
+    """A message read back from a stream with its subject and stream sequence."""
+
+    subject: str
+    sequence: int
+    data: bytes
+    headers: Mapping[str, str]
+
+
+@attrs.frozen
+class DirectBatch:
+    """One batched direct get: the payloads, their headers, and where the batch ended.
+
+    Attributes:
+        data: The payloads, in stream order.
+        headers: Each message's headers (with ``Nats-Sequence``), or ``None`` when the
+            batch was read without headers.
+        last_sequence: The stream sequence of the last message sent (0 if none).
+        num_pending: Matching messages left in the stream after this batch.
+    """
+
+    data: list[bytes]
+    headers: list[Mapping[str, str]] | None
+    last_sequence: int
+    num_pending: int
+
+
+@attrs.frozen
+class NatsStatistics:
+    """The connection's health, for health checks and metrics."""
+
+    connected: bool
+    reconnects: int
+    disconnects: int
+    jobs_in_flight: int
+    max_payload: int
+
+
+@attrs.define
+class _Counters:
+    disconnects: int = 0
+    reconnects: int = 0
+    jobs_in_flight: int = 0
+
+
+@attrs.define(eq=False)
+class NatsConnection:
+    """One nats-py client on its own asyncio loop; Trio tasks submit jobs to it.
+
+    Get one from :func:`open_nats`. All methods may be called from any number of Trio
+    tasks at once; nats-py multiplexes them over one TCP connection.
+    """
+
+    _loop: asyncio.AbstractEventLoop
+    _token: trio.lowlevel.TrioToken
+    _timeout: float
+    _client: Client | None = None
+    _closed: bool = False
+    _counters: _Counters = attrs.field(factory=_Counters)
+    # Batched direct gets answer on one long-lived wildcard inbox; only the asyncio
+    # thread touches these two.
+    _inbox: str = ""
+    _batches: dict[str, tuple[asyncio.Future[Msg], list[Msg]]] = attrs.field(factory=dict)
+    _tokens: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers plus payload) the server accepts."""
+        return self._require_client().max_payload
+
+    def statistics(self) -> NatsStatistics:
+        """The connection's state and counters."""
+        client = self._client
+        return NatsStatistics(
+            connected=bool(client is not None and client.is_connected),
+            reconnects=self._counters.reconnects,
+            disconnects=self._counters.disconnects,
+            jobs_in_flight=self._counters.jobs_in_flight,
+            max_payload=client.max_payload if client is not None else 0,
+        )
+
+    async def run(self, job: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``job(client)`` on the driver's asyncio loop and return its result.
+
+        The Trio task waits without blocking the Trio loop. If it is cancelled, the
+        asyncio side is cancelled too (whether a request already reached the server is
+        then unknown, as with any lost reply).
+
+        Raises:
+            trio.ClosedResourceError: The driver is closed.
+            TimeoutError: A request timed out.
+            ConnectionError: The connection is closed or cannot take the request.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the NATS connection is closed")
+        client = self._require_client()
+        return await self._submit(self._guarded(job, client))
+
+    async def _submit(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        done = trio.Event()
+        token = self._token
+
+        def wake(_: object) -> None:
+            # Runs on the asyncio thread (or at once on this one if already done).
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future.add_done_callback(wake)
+        self._counters.jobs_in_flight += 1
+        try:
+            await done.wait()
+        finally:
+            self._counters.jobs_in_flight -= 1
+            if not future.done():
+                future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise trio.ClosedResourceError("the NATS connection was closed") from None
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> StoredMsg:
+        """Send a core NATS request and return the reply (``sequence`` is 0)."""
+        wait = self._timeout
+
+        async def job(client: Client) -> StoredMsg:
+            msg = await client.request(
+                subject, data, timeout=wait, headers=dict(headers) if headers else None
+            )
+            return StoredMsg(msg.subject, 0, msg.data, msg.headers or {})
+
+        return await self.run(job)
+
+    async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Call a JetStream API subject (``$JS.API....``) and return the parsed reply.
+
+        Raises:
+            JetStreamApiError: The server answered with an error.
+        """
+        payload = orjson.dumps(body) if body is not None else b""
+        reply = await self.request(subject, payload)
+        return _parse_api_reply(reply.data)
+
+    async def publish(self, message: OutMsg) -> PubAck:
+        """Publish one message to a JetStream stream and wait for its acknowledgement.
+
+        Raises:
+            JetStreamApiError: The stream refused the message.
+        """
+        wait = self._timeout
+
+        async def job(client: Client) -> bytes:
+            reply = await client.request(
+                message.subject,
+                message.data,
+                timeout=wait,
+                headers=dict(message.headers) if message.headers else None,
+            )
+            return reply.data
+
+        return _parse_pub_ack(await self.run(job))
+
+    async def publish_atomic(self, messages: Sequence[OutMsg]) -> PubAck:
+        """Publish ``messages`` as one JetStream atomic batch (ADR-50): all or none.
+
+        The stream must allow atomic publishing (``allow_atomic``). Every message is
+        written to the socket back to back; only the commit (the last message) is a
+        request, and its acknowledgement carries the last message's sequence. The
+        batch's messages get consecutive sequences. A failure anywhere (a header check
+        at commit, a message the server refuses, a client-side error before the
+        commit) leaves no message of the batch in the stream: the server drops an
+        uncommitted batch.
+
+        Raises:
+            JetStreamApiError: The server refused the batch (nothing was stored).
+            ValueError: ``messages`` is empty.
+        """
+        if not messages:
+            raise ValueError("an atomic batch needs at least one message")
+        wait = self._timeout
+        last = len(messages)
+
+        async def job(client: Client) -> bytes:
+            batch_id = uuid.uuid4().hex  # the server allows up to 64 characters
+            for number, message in enumerate(messages, 1):
+                headers = {
+                    **message.headers,
+                    BATCH_ID: batch_id,
+                    BATCH_SEQUENCE: str(number),
+                }
+                if number < last:
+                    await client.publish(message.subject, message.data, headers=headers)
+                else:
+                    headers[BATCH_COMMIT] = "1"
+                    reply = await client.request(
+                        message.subject, message.data, timeout=wait, headers=headers
+                    )
+                    return reply.data
+            raise AssertionError("unreachable")
+
+        return _parse_pub_ack(await self.run(job))
+
+    async def direct_get_last(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject`` (wildcards allowed), or ``None``.
+
+        Uses the stream's direct get API (``allow_direct``).
+        """
+        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
+        return _stored_or_none(reply)
+
+    async def direct_get(self, stream: str, sequence: int) -> StoredMsg | None:
+        """The message at ``sequence``, or ``None`` if there is none."""
+        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps({"seq": sequence}))
+        return _stored_or_none(reply)
+
+    async def direct_get_batch(
+        self,
+        stream: str,
+        *,
+        start: int,
+        batch: int,
+        subject: str,
+        headers: bool = True,
+        max_bytes: int = DIRECT_BATCH_MAX_BYTES,
+    ) -> DirectBatch:
+        """Up to ``batch`` messages on ``subject`` from sequence ``start`` on, in one request.
+
+        Args:
+            stream: The stream (``allow_direct`` must be on).
+            start: The first sequence to consider.
+            batch: The most messages to return.
+            subject: The subject filter (wildcards allowed).
+            headers: Without headers the server sends bare payloads, which is
+                about twice as fast to receive in nats-py; sequences must then be
+                inferred by the caller (see :attr:`DirectBatch.last_sequence`).
+            max_bytes: Stop once this many bytes were sent.
+        """
+        wait = self._timeout
+        body: dict[str, Any] = {
+            "seq": max(start, 1),
+            "batch": batch,
+            "next_by_subj": subject,
+            "max_bytes": max_bytes,
+        }
+        if not headers:
+            body["no_hdr"] = True
+        request = orjson.dumps(body)
+
+        async def job(client: Client) -> tuple[list[Msg], Msg]:
+            token = str(next(self._tokens))
+            end: asyncio.Future[Msg] = self._loop.create_future()
+            received: list[Msg] = []
+            self._batches[token] = (end, received)
+            try:
+                await client.publish(
+                    f"$JS.API.DIRECT.GET.{stream}", request, reply=f"{self._inbox}.{token}"
+                )
+                return received, await asyncio.wait_for(end, wait)
+            finally:
+                del self._batches[token]
+
+        messages, end = await self.run(job)
+        status = end.headers.get(_STATUS) if end.headers else None
+        if status == "404":
+            return DirectBatch([], [] if headers else None, 0, 0)
+        if status != "204":
+            description = (end.headers or {}).get("Description", "")
+            raise JetStreamApiError(int(status or 0), 0, f"direct get failed: {description}")
+        assert end.headers is not None
+        return DirectBatch(
+            data=[msg.data for msg in messages],
+            headers=[msg.headers or {} for msg in messages] if headers else None,
+            last_sequence=int(end.headers.get(_LAST_SEQUENCE, 0)),
+            num_pending=int(end.headers.get(_NUM_PENDING, 0)),
+        )
+
+    # -- asyncio side -----------------------------------------------------------------
+
+    async def _guarded(self, job: Callable[[Client], Awaitable[T]], client: Client) -> T:
+        try:
+            return await job(client)
+        except nats.errors.TimeoutError as exc:
+            raise TimeoutError(f"NATS request timed out ({type(exc).__name__})") from None
+        except nats.errors.MaxPayloadError:
+            raise ValueError(
+                f"message over the server's max_payload of {client.max_payload} bytes"
+            ) from None
+        except nats.errors.NoRespondersError:
+            raise ConnectionError(
+                "no responders (is JetStream enabled, and does the stream exist?)"
+            ) from None
+        except nats.errors.Error as exc:
+            raise ConnectionError(f"NATS connection error: {type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            raise TimeoutError("NATS request timed out") from None
+
+    async def _on_batch_message(self, msg: Msg) -> None:
+        entry = self._batches.get(msg.subject[len(self._inbox) + 1 :])
+        if entry is None:
+            return  # the request gave up (timeout or cancellation)
+        end, received = entry
+        if not msg.data and msg.headers and _STATUS in msg.headers:
+            if not end.done():
+                end.set_result(msg)
+        else:
+            received.append(msg)
+
+    async def _connect(
+        self, url: str | list[str], options: dict[str, Any], connect_timeout: float
+    ) -> None:
+        counters = self._counters
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS client error: %r", exc)
+
+        async def on_disconnect() -> None:
+            counters.disconnects += 1
+            log.info("NATS disconnected")
+
+        async def on_reconnect() -> None:
+            counters.reconnects += 1
+            log.info("NATS reconnected")
+
+        client = Client()
+        try:
+            # nats-py retries the first connection as often as reconnects (forever by
+            # default), so bound the whole first attempt here.
+            await asyncio.wait_for(
+                client.connect(
+                    url,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    **options,
+                ),
+                connect_timeout,
+            )
+            inbox = client.new_inbox()
+            # No client-side pending limits: each batch is bounded by its own request
+            # (batch size and max_bytes), and a dropped reply would corrupt a read.
+            await client.subscribe(
+                f"{inbox}.*",
+                cb=self._on_batch_message,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise ConnectionError(f"cannot connect to NATS at {url}: {exc!r}") from None
+        self._inbox = inbox
+        self._client = client
+
+    async def _close(self) -> None:
+        client = self._client
+        if client is not None and not client.is_closed:
+            await client.close()
+
+    def _require_client(self) -> Client:
+        if self._client is None:
+            raise trio.ClosedResourceError("the NATS connection is not open")
+        return self._client
+
+
+def _parse_api_reply(data: bytes) -> dict[str, Any]:
+    try:
+        reply = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise JetStreamApiError(0, 0, f"unreadable reply {data[:200]!r}") from None
+    if not isinstance(reply, dict):
+        raise JetStreamApiError(0, 0, f"unexpected reply {data[:200]!r}")
+    error = reply.get("error")
+    if error:
+        raise JetStreamApiError(
+            int(error.get("code", 0)), int(error.get("err_code", 0)), str(error.get("description"))
+        )
+    return reply
+
+
+def _parse_pub_ack(data: bytes) -> PubAck:
+    reply = _parse_api_reply(data)
+    return PubAck(
+        stream=str(reply.get("stream", "")),
+        sequence=int(reply.get("seq", 0)),
+        duplicate=bool(reply.get("duplicate", False)),
+        count=int(reply.get("count", 1)),
+    )
+
+
+def _stored_or_none(reply: StoredMsg) -> StoredMsg | None:
+    headers = reply.headers
+    status = headers.get(_STATUS)
+    if status == "404":
+        return None
+    if status is not None:
+        raise JetStreamApiError(
+            int(status), 0, f"direct get failed: {headers.get('Description', '')}"
+        )
+    return StoredMsg(headers[_SUBJECT], int(headers[_SEQUENCE]), reply.data, headers)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The side thread: run the loop until stopped, then finish what is left on it."""
+    try:
+        loop.run_forever()
+    finally:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+@contextlib.asynccontextmanager
+async def open_nats(
+    url: str | list[str],
+    *,
+    name: str | None = None,
+    request_timeout: float = DEFAULT_TIMEOUT,
+    connect_timeout: float = 5.0,
+    reconnect_time_wait: float = DEFAULT_RECONNECT_WAIT,
+    max_reconnect_attempts: int = -1,
+    **options: Any,
+) -> AsyncIterator[NatsConnection]:
+    """Connect to NATS; yield a :class:`NatsConnection`; close it and join its thread.
+
+    Args:
+        url: A server URL (``nats://host:4222``) or a list of them.
+        name: The connection name shown in the server's monitoring.
+        request_timeout: Seconds each request may take (a Trio deadline around a call
+            cancels it sooner).
+        connect_timeout: Seconds to wait for the initial connection.
+        reconnect_time_wait: Seconds between reconnect attempts.
+        max_reconnect_attempts: ``-1`` (the default) reconnects forever: a server
+            restart is survived; requests made meanwhile time out.
+        **options: Passed to ``nats.connect`` as they are.
+
+    Resource handling:
+        One daemonless side thread runs a private asyncio loop (built directly, so an
+        asyncio policy installed by trio-asyncio does not apply to it). On exit the
+        client is closed and the thread joined, each within :data:`CLOSE_GRACE`
+        seconds, shielded from cancellation.
+
+    Error handling:
+        A failed initial connection raises :class:`ConnectionError` (or
+        :class:`TimeoutError`).
+    """
+    loop = asyncio.SelectorEventLoop()
+    thread = threading.Thread(target=_run_loop, args=(loop,), name="eskit-nats", daemon=True)
+    thread.start()
+    connection = NatsConnection(loop, trio.lowlevel.current_trio_token(), request_timeout)
+    try:
+        connect_options = {
+            "name": name,
+            "connect_timeout": min(connect_timeout, 2.0),
+            "reconnect_time_wait": reconnect_time_wait,
+            "max_reconnect_attempts": max_reconnect_attempts,
+            "allow_reconnect": True,
+            **options,
+        }
+        await connection._submit(connection._connect(url, connect_options, connect_timeout))
+        yield connection
+    finally:
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            if connection._client is not None:
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await connection.run(lambda _: connection._close())
+        connection._closed = True
+        loop.call_soon_threadsafe(loop.stop)
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            await trio.to_thread.run_sync(thread.join)

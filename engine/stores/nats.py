@@ -1,0 +1,787 @@
+"""Event, snapshot and checkpoint stores on NATS JetStream.
+
+Layout, for a ``namespace`` such as ``eskit``:
+
+* One stream ``<namespace>_events`` (file storage, ``allow_atomic``, ``allow_direct``,
+  ``deny_delete``, ``deny_purge``) holds every event. Each event stream is one subject
+  ``<namespace>.ev.<token>``, where the token is the stream id's UTF-8 bytes in base64url
+  without padding: always a valid single subject token, so ``a.*`` never matches
+  ``a.b``. The message body (MessagePack) keeps the stream id verbatim, the version, the
+  event id, type, schema version, metadata, data and ``recorded_at``; the event's global
+  position is the message's stream sequence.
+* Idempotency keys live in the same stream on ``<namespace>.key.<sha256 of the key>``,
+  so that a key is written in the *same atomic batch* as the events it stands for.
+* Snapshots and checkpoints are KV buckets ``<namespace>_snapshots`` and
+  ``<namespace>_checkpoints`` (one value per key, revision compare-and-set).
+
+An append is one JetStream publish (one event) or one atomic batch (ADR-50; several
+events, or any events with an idempotency key). The first event carries
+``Nats-Expected-Last-Subject-Sequence``: the sequence of the stream's last event as the
+store believes it, so the server itself refuses a concurrent write; the key message
+carries ``0`` on its own subject, so a key is stored once. Every event carries
+``Nats-Msg-Id`` = its event id (JetStream's duplicate window).
+
+Reads use batched direct gets (one request per page, no consumer to create). ``read_all``
+asks for bare payloads (no headers, about twice as fast in nats-py) and infers each
+sequence from the batch's first and last; it falls back to headers when the stream has
+gaps. JetStream makes a message visible only after every lower sequence is stored, so
+readers never see a position appear behind one they have read.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+import msgspec
+import trio
+
+from engine.codec import Codec
+from engine.drivers.nats import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    MSG_ID,
+    JetStreamApiError,
+    NatsConnection,
+    OutMsg,
+    StoredMsg,
+    open_nats,
+)
+from engine.errors import (
+    CheckpointConflictError,
+    ConcurrencyError,
+    IdempotencyConflictError,
+)
+from engine.events import (
+    Event,
+    ExpectedVersion,
+    NewEvent,
+    check_expected_version,
+    utc_now,
+    validate_stream_id,
+)
+from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
+from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "MAX_ATOMIC_EVENTS",
+    "NatsSnapshotStore",
+    "NatsStore",
+    "delete_nats_store",
+    "ensure_nats_store",
+    "open_nats_store",
+    "stream_subject_token",
+]
+
+E = TypeVar("E")
+S = TypeVar("S")
+
+#: The namespace used when none is given.
+DEFAULT_NAMESPACE = "eskit"
+#: The most events one append can write atomically (the server's batch limit is 1000
+#: messages, and a keyed append needs one more for its key).
+MAX_ATOMIC_EVENTS = 999
+#: How many streams' last (version, sequence) each store client remembers.
+HEAD_CACHE_SIZE = 10_000
+#: Messages per direct-get request while loading a stream.
+LOAD_PAGE = 1000
+#: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
+#: refused because the server has too many batches in flight.
+MAX_RETRIES = 64
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+# JetStream error codes this store reacts to.
+_WRONG_LAST_SEQUENCE = 10071
+_STREAM_NOT_FOUND = 10059
+_STREAM_NAME_IN_USE = 10058
+_BATCH_DUPLICATE_MSG_ID = 10201
+_BATCH_TOO_LARGE = 10199
+_TOO_MANY_BATCHES_IN_FLIGHT = 10210
+
+
+class _EventBody(msgspec.Struct, array_like=True, tag_field="kind", tag=1):
+    stream_id: str
+    version: int
+    event_id: bytes
+    type: str
+    schema: int
+    recorded_at: int  # microseconds since the Unix epoch, UTC
+    metadata: bytes
+    data: bytes
+
+
+class _KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
+    key: str
+    stream_id: str
+    count: int
+
+
+class _SnapshotBody(msgspec.Struct, array_like=True):
+    version: int
+    schema: int
+    state: bytes
+
+
+_encoder = msgspec.msgpack.Encoder()
+_body_decoder = msgspec.msgpack.Decoder(_EventBody | _KeyBody)
+_snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotBody)
+
+
+def stream_subject_token(stream_id: str) -> str:
+    """The subject token of a stream id: base64url of its UTF-8 bytes, unpadded."""
+    return base64.urlsafe_b64encode(stream_id.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def _key_token(key: str) -> str:
+    # Keys may be any length; a digest keeps the subject short. The key itself is
+    # stored in the body and compared on read.
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@attrs.frozen
+class _Head:
+    """A stream's last event as seen by this client."""
+
+    version: int
+    sequence: int
+    event_id: uuid.UUID | None = None
+
+
+_NO_HEAD = _Head(0, 0)
+
+
+@attrs.frozen
+class _Names:
+    namespace: str
+    stream: str
+    events: str  # subject prefix, token appended
+    keys: str
+    snapshots: str  # KV bucket names
+    checkpoints: str
+
+    @classmethod
+    def of(cls, namespace: str) -> _Names:
+        if not _NAMESPACE_RE.fullmatch(namespace):
+            raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
+        return cls(
+            namespace=namespace,
+            stream=f"{namespace}_events",
+            events=f"{namespace}.ev.",
+            keys=f"{namespace}.key.",
+            snapshots=f"{namespace}_snapshots",
+            checkpoints=f"{namespace}_checkpoints",
+        )
+
+
+def _translate_api_error(exc: JetStreamApiError) -> Exception:
+    """The one place JetStream API errors that are not handled in place become engine errors."""
+    if exc.err_code == _BATCH_TOO_LARGE:
+        return ValueError(f"the append is larger than the server's atomic batch limit: {exc}")
+    return exc
+
+
+@attrs.define(eq=False)
+class NatsStore(Generic[E]):
+    """An :class:`~engine.stores.base.EventStore` and
+    :class:`~engine.stores.base.CheckpointStore` on JetStream.
+
+    Get one from :func:`open_nats_store`. Snapshot stores come from :meth:`snapshots`.
+    """
+
+    _connection: NatsConnection
+    codec: Codec[E]
+    _names: _Names
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    now: Callable[[], dt.datetime] = utc_now
+    _heads: collections.OrderedDict[str, _Head] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    _checkpoints: dict[str, tuple[int, int]] = attrs.field(factory=dict, init=False)
+
+    @property
+    def namespace(self) -> str:
+        """The namespace that names this store's stream, subjects and buckets."""
+        return self._names.namespace
+
+    # -- appends --------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent[E]],
+        *,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+        idempotency_key: str | None = None,
+    ) -> list[Event[E]]:
+        """Append ``events`` atomically (see :class:`~engine.stores.base.EventStore`).
+
+        Raises:
+            ConcurrencyError: The stream's version does not satisfy ``expected_version``.
+            InvalidStreamIdError: The stream id is refused.
+            EventTooLargeError: An event is over ``max_event_bytes`` (nothing written).
+            IdempotencyConflictError: The key (or, within JetStream's duplicate
+                window, an event id) was used for another stream.
+            ValueError: More than :data:`MAX_ATOMIC_EVENTS` events.
+            TimeoutError, ConnectionError: NATS did not answer; the append may or may
+                not have been stored (retrying with the same events is safe: a stored
+                event id is recognised).
+        """
+        encoded = encode_batch(self.codec, stream_id, events, max_event_bytes=self.max_event_bytes)
+        if len(encoded) > MAX_ATOMIC_EVENTS:
+            raise ValueError(
+                f"a NATS append writes at most {MAX_ATOMIC_EVENTS} events atomically, "
+                f"got {len(encoded)}"
+            )
+        if idempotency_key is not None:
+            known = await self._find_key(idempotency_key)
+            if known is not None:
+                return await self._replay_key(idempotency_key, stream_id, *known)
+        elif not encoded:
+            if expected_version is not ExpectedVersion.ANY:
+                head = await self._fetch_head(stream_id)
+                check_expected_version(stream_id, expected_version, head.version)
+            return []
+        try:
+            return await self._append_checked(stream_id, encoded, expected_version, idempotency_key)
+        except JetStreamApiError as exc:
+            raise _translate_api_error(exc) from exc
+
+    async def _append_checked(
+        self,
+        stream_id: str,
+        encoded: list[EncodedNewEvent],
+        expected: int | ExpectedVersion,
+        key: str | None,
+    ) -> list[Event[E]]:
+        if encoded:
+            head = self._head_hint(stream_id, expected)
+        else:
+            # Only a key is written: no event message carries the version check to the
+            # server, so check against the server's head (a short window remains
+            # between this read and the key's write).
+            head = _NO_HEAD if expected is ExpectedVersion.ANY else None
+        for _ in range(MAX_RETRIES):
+            if head is None:
+                head = await self._fetch_head(stream_id)
+            check_expected_version(stream_id, expected, head.version)
+            try:
+                return await self._write(stream_id, encoded, head, key)
+            except JetStreamApiError as exc:
+                if exc.err_code == _TOO_MANY_BATCHES_IN_FLIGHT:
+                    await trio.sleep(0.01)
+                    continue
+                if exc.err_code == _BATCH_DUPLICATE_MSG_ID:
+                    return await self._already_stored(stream_id, encoded)
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+            # Someone wrote first: to the stream, or (a keyed append) to the key.
+            if key is not None:
+                known = await self._find_key(key)
+                if known is not None:
+                    return await self._replay_key(key, stream_id, *known)
+            head = await self._fetch_head(stream_id)
+            if encoded and head.event_id == encoded[-1].event_id:
+                # Our own earlier attempt (a lost acknowledgement) got there.
+                return await self._already_stored(stream_id, encoded)
+            if isinstance(expected, int):
+                raise ConcurrencyError(stream_id, expected, head.version)
+            # ANY / STREAM_EXISTS: check again against the fresh head, and retry.
+        raise ConcurrencyError(stream_id, expected, head.version if head else 0)
+
+    def _head_hint(self, stream_id: str, expected: int | ExpectedVersion) -> _Head | None:
+        """What to assume about the stream without asking the server, if anything.
+
+        A wrong guess costs one refused publish, never a wrong write: the server checks
+        the sequence the guess implies.
+        """
+        if expected == 0 or expected is ExpectedVersion.NO_STREAM:
+            return _NO_HEAD
+        cached = self._heads.get(stream_id)
+        if cached is None:
+            return None
+        if isinstance(expected, int) and expected != cached.version:
+            return None  # the cache may be stale; the server may agree with the caller
+        return cached
+
+    async def _write(
+        self, stream_id: str, encoded: list[EncodedNewEvent], head: _Head, key: str | None
+    ) -> list[Event[E]]:
+        subject = self._names.events + stream_subject_token(stream_id)
+        recorded_at = self.now()
+        micros = (recorded_at - _EPOCH) // _MICROSECOND
+        messages: list[OutMsg] = []
+        if key is not None:
+            body = _encoder.encode(_KeyBody(key, stream_id, len(encoded)))
+            messages.append(
+                OutMsg(
+                    self._names.keys + _key_token(key),
+                    body,
+                    {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
+                )
+            )
+        for offset, event in enumerate(encoded):
+            headers = {MSG_ID: str(event.event_id)}
+            if offset == 0:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(head.sequence)
+            body = _encoder.encode(
+                _EventBody(
+                    stream_id,
+                    head.version + offset + 1,
+                    event.event_id.bytes,
+                    event.type,
+                    event.schema_version,
+                    micros,
+                    event.metadata,
+                    event.data,
+                )
+            )
+            messages.append(OutMsg(subject, body, headers))
+        if len(messages) == 1:
+            ack = await self._connection.publish(messages[0])
+        else:
+            ack = await self._connection.publish_atomic(messages)
+        if ack.duplicate:
+            # Only a single-event publish is deduplicated silently (batches refuse).
+            return await self._already_stored(stream_id, encoded)
+        first = ack.sequence - len(encoded) + 1
+        if encoded:
+            self._remember(
+                stream_id,
+                _Head(head.version + len(encoded), ack.sequence, encoded[-1].event_id),
+            )
+        return [
+            self._event(stream_id, head.version + offset + 1, first + offset, event, recorded_at)
+            for offset, event in enumerate(encoded)
+        ]
+
+    async def _already_stored(
+        self, stream_id: str, encoded: list[EncodedNewEvent]
+    ) -> list[Event[E]]:
+        """The stored copies of ``encoded``, whose ids JetStream says it has seen.
+
+        A retried append whose first attempt was stored returns those events. Event ids
+        stored elsewhere are refused.
+        """
+        wanted = [event.event_id for event in encoded]
+        stored = await self.load(stream_id)
+        ids = [event.event_id for event in stored]
+        for start in range(len(ids) - len(wanted), -1, -1):
+            if ids[start : start + len(wanted)] == wanted:
+                return stored[start : start + len(wanted)]
+        raise IdempotencyConflictError(
+            f"event id {wanted[0]}", stream_id, "another stream or an earlier append"
+        )
+
+    def _event(
+        self,
+        stream_id: str,
+        version: int,
+        position: int,
+        event: EncodedNewEvent,
+        recorded_at: dt.datetime,
+    ) -> Event[E]:
+        return decode_event(
+            self.codec,
+            stream_id=stream_id,
+            version=version,
+            position=position,
+            type_name=event.type,
+            schema_version=event.schema_version,
+            data=event.data,
+            metadata=event.metadata,
+            event_id=event.event_id,
+            recorded_at=recorded_at,
+        )
+
+    # -- idempotency keys --------------------------------------------------------------
+
+    async def _find_key(self, key: str) -> tuple[_KeyBody, int] | None:
+        message = await self._connection.direct_get_last(
+            self._names.stream, self._names.keys + _key_token(key)
+        )
+        if message is None:
+            return None
+        body = _body_decoder.decode(message.data)
+        if not isinstance(body, _KeyBody) or body.key != key:
+            raise RuntimeError(f"idempotency key record {message.sequence} does not match {key!r}")
+        return body, message.sequence
+
+    async def _replay_key(
+        self, key: str, stream_id: str, body: _KeyBody, sequence: int
+    ) -> list[Event[E]]:
+        if body.stream_id != stream_id:
+            raise IdempotencyConflictError(key, stream_id, body.stream_id)
+        return await self._events_after_key(body, sequence)
+
+    async def _events_after_key(self, body: _KeyBody, sequence: int) -> list[Event[E]]:
+        if body.count == 0:
+            return []
+        # The key was the first message of its batch; its events follow it directly.
+        events = await self._read_range(sequence + 1, body.count)
+        return [event for event in events if event.stream_id == body.stream_id][: body.count]
+
+    async def find_idempotent(self, idempotency_key: str) -> list[Event[E]] | None:
+        """The events stored by the append that carried ``idempotency_key``, or ``None``."""
+        known = await self._find_key(idempotency_key)
+        if known is None:
+            return None
+        return await self._events_after_key(*known)
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def load(
+        self, stream_id: str, *, after_version: int = 0, limit: int | None = None
+    ) -> list[Event[E]]:
+        """The stream's events with a version above ``after_version``, in order."""
+        validate_stream_id(stream_id)
+        subject = self._names.events + stream_subject_token(stream_id)
+        out: list[Event[E]] = []
+        start = 1
+        while limit is None or len(out) < limit:
+            batch = await self._connection.direct_get_batch(
+                self._names.stream, start=start, batch=LOAD_PAGE, subject=subject
+            )
+            assert batch.headers is not None
+            for data, headers in zip(batch.data, batch.headers, strict=True):
+                body = _body_decoder.decode(data)
+                if isinstance(body, _EventBody) and body.version > after_version:
+                    out.append(self._decode(body, int(headers["Nats-Sequence"])))
+            if not batch.data or batch.num_pending == 0:
+                break
+            start = batch.last_sequence + 1
+        if out:
+            last = out[-1]
+            if limit is None or len(out) < limit:
+                self._remember(stream_id, _Head(last.version, last.position, last.event_id))
+        return out if limit is None else out[:limit]
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 when it has no events)."""
+        validate_stream_id(stream_id)
+        return (await self._fetch_head(stream_id)).version
+
+    async def _fetch_head(self, stream_id: str) -> _Head:
+        message = await self._connection.direct_get_last(
+            self._names.stream, self._names.events + stream_subject_token(stream_id)
+        )
+        if message is None:
+            return _NO_HEAD
+        body = _body_decoder.decode(message.data)
+        if not isinstance(body, _EventBody):
+            raise RuntimeError(f"message {message.sequence} on an event subject is not an event")
+        head = _Head(body.version, message.sequence, uuid.UUID(bytes=body.event_id))
+        self._remember(stream_id, head)
+        return head
+
+    def _remember(self, stream_id: str, head: _Head) -> None:
+        heads = self._heads
+        cached = heads.get(stream_id)
+        if cached is not None and cached.version > head.version:
+            return  # a concurrent append of this client got further
+        heads[stream_id] = head
+        heads.move_to_end(stream_id)
+        if len(heads) > HEAD_CACHE_SIZE:
+            heads.popitem(last=False)
+
+    async def read_all(
+        self, *, after_position: int = 0, limit: int = DEFAULT_READ_LIMIT
+    ) -> list[Event[E]]:
+        """Up to ``limit`` events of all streams after ``after_position``, in order."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        start = max(after_position, 0) + 1
+        while True:
+            events, last, pending = await self._read_page(start, limit)
+            # A page of key records only: read on, or a follower would stop early.
+            if events or last == 0 or pending == 0:
+                return events
+            start = last + 1
+
+    async def _read_range(self, start: int, count: int) -> list[Event[E]]:
+        events, _, _ = await self._read_page(start, count)
+        return events
+
+    async def _read_page(self, start: int, limit: int) -> tuple[list[Event[E]], int, int]:
+        """Events from sequence ``start`` on (at most ``limit`` messages), the last
+        sequence read and how many messages are left."""
+        connection, stream = self._connection, self._names.stream
+        everything = self._names.namespace + ".>"
+        batch = await connection.direct_get_batch(
+            stream, start=start, batch=limit, subject=everything, headers=False
+        )
+        if not batch.data:
+            return [], 0, 0
+        if batch.last_sequence - start + 1 == len(batch.data):
+            sequences: Sequence[int] = range(start, batch.last_sequence + 1)
+        else:
+            # A gap (deleted messages) in the range: ask again, with sequences.
+            batch = await connection.direct_get_batch(
+                stream, start=start, batch=limit, subject=everything
+            )
+            assert batch.headers is not None
+            sequences = [int(headers["Nats-Sequence"]) for headers in batch.headers]
+        events = []
+        for data, sequence in zip(batch.data, sequences, strict=True):
+            body = _body_decoder.decode(data)
+            if isinstance(body, _EventBody):
+                events.append(self._decode(body, sequence))
+        return events, batch.last_sequence, batch.num_pending
+
+    async def head_position(self) -> int:
+        """The position of the newest event (0 for an empty store)."""
+        message = await self._connection.direct_get_last(
+            self._names.stream, self._names.events + "*"
+        )
+        return 0 if message is None else message.sequence
+
+    def _decode(self, body: _EventBody, position: int) -> Event[E]:
+        return decode_event(
+            self.codec,
+            stream_id=body.stream_id,
+            version=body.version,
+            position=position,
+            type_name=body.type,
+            schema_version=body.schema,
+            data=body.data,
+            metadata=body.metadata,
+            event_id=uuid.UUID(bytes=body.event_id),
+            recorded_at=_EPOCH + body.recorded_at * _MICROSECOND,
+        )
+
+    # -- snapshots and checkpoints --------------------------------------------------------
+
+    def snapshots(self, state_type: type[S]) -> NatsSnapshotStore[S]:
+        """A :class:`~engine.stores.base.SnapshotStore` for states of ``state_type``."""
+        return NatsSnapshotStore(self._connection, self.codec, state_type, self._names.snapshots)
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The saved position of ``name``, or ``None`` if it was never saved."""
+        found = await self._read_checkpoint(name)
+        return None if found is None else found[0]
+
+    async def save_checkpoint(self, name: str, position: int, *, expected: int | None) -> None:
+        """Save ``position`` for ``name`` if the stored value is still ``expected``.
+
+        One request when this client saved or loaded the checkpoint last (its revision
+        is known); two otherwise.
+
+        Raises:
+            CheckpointConflictError: Another writer saved since ``expected`` was read.
+        """
+        known = self._checkpoints.get(name)
+        for _ in range(MAX_RETRIES):
+            if known is None or known[0] != expected:
+                known = await self._read_checkpoint(name)
+                actual = None if known is None else known[0]
+                if actual != expected:
+                    raise CheckpointConflictError(name, expected, actual)
+            if position < 0:
+                raise ValueError(f"a checkpoint position must be >= 0, got {position}")
+            revision = 0 if known is None else known[1]
+            try:
+                ack = await self._connection.publish(
+                    OutMsg(
+                        _kv_subject(self._names.checkpoints, name),
+                        str(position).encode("ascii"),
+                        {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)},
+                    )
+                )
+            except JetStreamApiError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+                # Written since: compare the value again (it may be ``expected`` still).
+                known = None
+                continue
+            self._checkpoints[name] = (position, ack.sequence)
+            return
+        raise CheckpointConflictError(name, expected, None)
+
+    async def _read_checkpoint(self, name: str) -> tuple[int, int] | None:
+        message = await _kv_get(self._connection, self._names.checkpoints, name)
+        if message is None:
+            self._checkpoints.pop(name, None)
+            return None
+        found = (int(message.data), message.sequence)
+        self._checkpoints[name] = found
+        return found
+
+
+@attrs.define(eq=False)
+class NatsSnapshotStore(Generic[S]):
+    """A :class:`~engine.stores.base.SnapshotStore` in a JetStream KV bucket.
+
+    Get one from :meth:`NatsStore.snapshots`.
+    """
+
+    _connection: NatsConnection
+    codec: Codec[Any]
+    state_type: type[S]
+    bucket: str
+
+    async def save_snapshot(self, snapshot: Snapshot[S]) -> None:
+        """Store ``snapshot`` unless a snapshot of a later version is stored already."""
+        validate_stream_id(snapshot.stream_id)
+        value = _encoder.encode(
+            _SnapshotBody(
+                snapshot.version, snapshot.schema, self.codec.encode_value(snapshot.state)
+            )
+        )
+        subject = _kv_subject(self.bucket, snapshot.stream_id)
+        for _ in range(MAX_RETRIES):
+            current = await _kv_get(self._connection, self.bucket, snapshot.stream_id)
+            revision = 0
+            if current is not None:
+                if _snapshot_decoder.decode(current.data).version > snapshot.version:
+                    return
+                revision = current.sequence
+            try:
+                await self._connection.publish(
+                    OutMsg(subject, value, {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)})
+                )
+                return
+            except JetStreamApiError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+        raise RuntimeError(f"snapshot of {snapshot.stream_id!r} kept losing races")
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot[S] | None:
+        """The latest snapshot of ``stream_id``, or ``None``."""
+        validate_stream_id(stream_id)
+        message = await _kv_get(self._connection, self.bucket, stream_id)
+        if message is None:
+            return None
+        body = _snapshot_decoder.decode(message.data)
+        state = self.codec.decode_value(body.state, self.state_type)
+        return Snapshot(stream_id, body.version, state, body.schema)
+
+
+def _kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{stream_subject_token(key)}"
+
+
+async def _kv_get(connection: NatsConnection, bucket: str, key: str) -> StoredMsg | None:
+    message = await connection.direct_get_last(f"KV_{bucket}", _kv_subject(bucket, key))
+    if message is None or message.headers.get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return message
+
+
+def _event_stream_config(names: _Names, replicas: int) -> dict[str, Any]:
+    return {
+        "name": names.stream,
+        "subjects": [names.events + "*", names.keys + "*"],
+        "storage": "file",
+        "retention": "limits",
+        "num_replicas": replicas,
+        "allow_atomic": True,
+        "allow_direct": True,
+        # An event log is append-only: nothing may be removed from the middle.
+        "deny_delete": True,
+        "deny_purge": True,
+    }
+
+
+def _kv_config(bucket: str, replicas: int) -> dict[str, Any]:
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "storage": "file",
+        "retention": "limits",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "new",
+        "allow_direct": True,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+    }
+
+
+async def _ensure_stream(connection: NatsConnection, config: dict[str, Any]) -> None:
+    name = config["name"]
+    try:
+        await connection.api(f"$JS.API.STREAM.CREATE.{name}", config)
+    except JetStreamApiError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        # It exists with other settings (an older eskit, or an operator's edits):
+        # bring the ones this store relies on into line.
+        await connection.api(f"$JS.API.STREAM.UPDATE.{name}", config)
+
+
+async def ensure_nats_store(
+    connection: NatsConnection, namespace: str = DEFAULT_NAMESPACE, *, replicas: int = 1
+) -> None:
+    """Create (or update) the event stream and the two KV buckets of ``namespace``."""
+    names = _Names.of(namespace)
+    await _ensure_stream(connection, _event_stream_config(names, replicas))
+    await _ensure_stream(connection, _kv_config(names.snapshots, replicas))
+    await _ensure_stream(connection, _kv_config(names.checkpoints, replicas))
+
+
+async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
+    """Delete the event stream and KV buckets of ``namespace`` (all its data)."""
+    names = _Names.of(namespace)
+    for stream in (names.stream, f"KV_{names.snapshots}", f"KV_{names.checkpoints}"):
+        try:
+            await connection.api(f"$JS.API.STREAM.DELETE.{stream}")
+        except JetStreamApiError as exc:
+            if exc.err_code != _STREAM_NOT_FOUND:
+                raise
+
+
+@contextlib.asynccontextmanager
+async def open_nats_store(
+    url_or_connection: str | NatsConnection,
+    codec: Codec[E],
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    replicas: int = 1,
+    now: Callable[[], dt.datetime] = utc_now,
+    **connect_options: Any,
+) -> AsyncIterator[NatsStore[E]]:
+    """Open a JetStream event store (and its snapshot and checkpoint buckets).
+
+    Args:
+        url_or_connection: A NATS URL (the store opens and closes its own connection)
+            or an open :class:`~engine.drivers.nats.NatsConnection` to share.
+        codec: Encodes and decodes events and snapshot states.
+        namespace: Names the stream (``<namespace>_events``), its subjects
+            (``<namespace>.ev.*``, ``<namespace>.key.*``) and the KV buckets.
+        max_event_bytes: Size limit per encoded event.
+        replicas: JetStream replicas for the stream and buckets (when creating them).
+        now: Wall clock for ``recorded_at``.
+        **connect_options: Passed to :func:`~engine.drivers.nats.open_nats` with a URL.
+
+    Raises:
+        ValueError: The namespace is not a valid name, or ``max_event_bytes`` does not
+            fit the server's ``max_payload``.
+    """
+    names = _Names.of(namespace)
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(url_or_connection, str):
+            connection = await stack.enter_async_context(
+                open_nats(url_or_connection, **connect_options)
+            )
+        else:
+            connection = url_or_connection
+        # Room for the envelope: stream id (<= 512 bytes), type name, headers.
+        if max_event_bytes + 16 * 1024 > connection.max_payload:
+            raise ValueError(
+                f"max_event_bytes={max_event_bytes} does not fit the server's max_payload "
+                f"of {connection.max_payload} bytes (less 16 KiB for the envelope)"
+            )
+        await ensure_nats_store(connection, namespace, replicas=replicas)
+        yield NatsStore(connection, codec, names, max_event_bytes, now)
