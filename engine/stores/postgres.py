@@ -1,0 +1,714 @@
+"""The PostgreSQL event, snapshot and checkpoint store.
+
+Open it with :func:`open_postgres_store`. Its tables live in one schema (``eskit`` by
+default), created on first use and migrated forward by a version table.
+
+How it keeps the promises of :mod:`engine.stores.base`:
+
+* **One round trip per append batch.** Appends go through a server-side function,
+  ``append_events``, that takes whole arrays (binary parameters) and, in one statement:
+  takes the append lock, checks idempotency keys and expected versions, inserts with
+  ``INSERT ... SELECT ... FROM unnest(...)``, records the keys and sends one NOTIFY.
+* **The subscription invariant by serialized appends.** The function takes one
+  transaction-scoped advisory lock per schema before it allocates positions, so
+  position order is commit order and a reader can never see position P+1 before P.
+  (PostgreSQL makes a commit visible before it releases the transaction's locks.)
+  Filtering by ``pg_snapshot_xmin`` was the alternative; it stalls every follower
+  behind any long transaction in the database, including ones that never touch the
+  store, and orders by transaction id rather than by position.
+* **Group commit.** The lock makes one transaction at a time the ceiling, so concurrent
+  appends of one process are queued and written by one writer task as one call of the
+  function; each append gets its own result (a conflict in one does not fail the
+  others). The unique ``(stream_id, version)`` index stays as the last fence.
+* **Wake-ups.** :meth:`PostgresStore.wait_for_new_events` LISTENs (lazily, on a
+  dedicated connection) for the NOTIFY of the append function.
+
+Appends in a transaction you own (to write a read model, or in tests) go through
+:func:`append_in_transaction`, the same function with the same lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import attrs
+import psycopg
+import trio
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from engine.codec import Codec
+from engine.drivers.postgres import (
+    DEFAULT_MAX_POOL_SIZE,
+    DEFAULT_MIN_POOL_SIZE,
+    PgConnection,
+    PgPool,
+    open_pg_pool,
+    run_pg_listener,
+)
+from engine.errors import (
+    CheckpointConflictError,
+    ConcurrencyError,
+    EskitError,
+    IdempotencyConflictError,
+)
+from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_stream_id
+from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
+from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.postgres_schema import (
+    STATUS_CONFLICT,
+    STATUS_KEY_CONFLICT,
+    STATUS_OK,
+    STATUS_REPLAY,
+    Queries,
+    expected_code,
+    migrate,
+)
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "MAX_GROUP_BYTES",
+    "MAX_GROUP_REQUESTS",
+    "PostgresSnapshotStore",
+    "PostgresStore",
+    "PostgresStoreStatistics",
+    "append_in_transaction",
+    "open_postgres_store",
+]
+
+E = TypeVar("E")
+S = TypeVar("S")
+T = TypeVar("T")
+
+DEFAULT_SCHEMA = "eskit"
+#: The most appends one group commit carries.
+MAX_GROUP_REQUESTS = 256
+#: The most payload bytes one group commit carries (a single larger append goes alone).
+MAX_GROUP_BYTES = 8 * 1024 * 1024
+#: Appends that may wait for the writer before ``append`` itself waits (backpressure).
+REQUEST_BUFFER = 1024
+
+# One row of append_events: status, version, other, positions.
+_Row = tuple[int, int, str | None, list[int] | None]
+
+
+@attrs.define(eq=False)
+class _AppendRequest:
+    stream_id: str
+    expected: int | ExpectedVersion
+    code: int
+    key: str | None
+    encoded: list[EncodedNewEvent]
+    recorded_at: dt.datetime
+    size: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: _Row | BaseException | None = None
+    abandoned: bool = False
+
+
+@attrs.frozen
+class PostgresStoreStatistics:
+    """What the store's writer did since it opened.
+
+    Attributes:
+        groups: Append-function calls (transactions) made by the writer.
+        appends: Appends written (or refused) in those calls.
+        largest_group: The most appends one call carried.
+    """
+
+    groups: int
+    appends: int
+    largest_group: int
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """The one place psycopg errors become engine errors."""
+    if isinstance(exc, PoolClosed):
+        return trio.ClosedResourceError("the PostgreSQL store is closed")
+    if _connection_lost(exc):
+        return trio.BrokenResourceError(
+            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
+            "or may not have been stored: retry it with an idempotency key"
+        )
+    if isinstance(exc, psycopg.Error):
+        return EskitError(f"PostgreSQL error: {exc}")
+    return exc
+
+
+def _call_append(q: Queries, conn: PgConnection, group: Sequence[_AppendRequest]) -> list[_Row]:
+    ev_req: list[int] = []
+    ev_seq: list[int] = []
+    ev_type: list[str] = []
+    ev_schema: list[int] = []
+    ev_data: list[bytes] = []
+    ev_meta: list[bytes] = []
+    ev_id: list[Any] = []
+    for index, request in enumerate(group, start=1):
+        for seq, event in enumerate(request.encoded, start=1):
+            ev_req.append(index)
+            ev_seq.append(seq)
+            ev_type.append(event.type)
+            ev_schema.append(event.schema_version)
+            ev_data.append(event.data)
+            ev_meta.append(event.metadata)
+            ev_id.append(event.event_id)
+    params = (
+        [r.stream_id for r in group],
+        [r.code for r in group],
+        [r.key for r in group],
+        [len(r.encoded) for r in group],
+        [r.recorded_at for r in group],
+        ev_req,
+        ev_seq,
+        ev_type,
+        ev_schema,
+        ev_data,
+        ev_meta,
+        ev_id,
+    )
+    rows: list[_Row] = conn.execute(q.append, params, binary=True).fetchall()
+    if len(rows) != len(group):
+        raise EskitError(f"append_events returned {len(rows)} rows for {len(group)} appends")
+    return rows
+
+
+def _write_group(
+    q: Queries, group: Sequence[_AppendRequest], conn: PgConnection
+) -> list[_Row | BaseException]:
+    """One group commit (runs in a worker thread). A group that fails as a whole for a
+    reason other than a lost connection is retried one append at a time, so that each
+    append gets its own result."""
+    try:
+        return list(_call_append(q, conn, group))
+    except psycopg.Error as exc:
+        if _connection_lost(exc):
+            raise
+        if len(group) == 1:
+            if isinstance(exc, pg_errors.UniqueViolation):
+                # A writer that bypassed the append lock took the version first.
+                actual = conn.execute(q.stream_version, [group[0].stream_id]).fetchone()
+                return [(STATUS_CONFLICT, actual[0] if actual else 0, None, None)]
+            return [exc]
+    results: list[_Row | BaseException] = []
+    for request in group:
+        results.extend(_write_group(q, [request], conn))
+    return results
+
+
+def _fetch_events(
+    codec: Codec[E], query: bytes, params: Sequence[Any], conn: PgConnection
+) -> list[Event[E]]:
+    rows = conn.execute(query, params, binary=True).fetchall()
+    return [
+        decode_event(
+            codec,
+            position=row[0],
+            stream_id=row[1],
+            version=row[2],
+            type_name=row[3],
+            schema_version=row[4],
+            data=row[5],
+            metadata=row[6],
+            event_id=row[7],
+            recorded_at=row[8],
+        )
+        for row in rows
+    ]
+
+
+def _fetch_idempotent(
+    codec: Codec[E], q: Queries, key: str, conn: PgConnection
+) -> list[Event[E]] | None:
+    found = conn.execute(q.find_key, [key]).fetchone()
+    if found is None:
+        return None
+    stream_id, first_version, count = found
+    if count == 0:
+        return []
+    return _fetch_events(codec, q.load, [stream_id, first_version - 1, count], conn)
+
+
+def _decode_appended(
+    codec: Codec[E], request: _AppendRequest, version: int, positions: list[int]
+) -> list[Event[E]]:
+    return [
+        decode_event(
+            codec,
+            stream_id=request.stream_id,
+            version=version + offset,
+            position=position,
+            type_name=event.type,
+            schema_version=event.schema_version,
+            data=event.data,
+            metadata=event.metadata,
+            event_id=event.event_id,
+            recorded_at=request.recorded_at,
+        )
+        for offset, (event, position) in enumerate(
+            zip(request.encoded, positions, strict=True), start=1
+        )
+    ]
+
+
+@attrs.define(eq=False)
+class PostgresStore(Generic[E]):
+    """An :class:`~engine.stores.base.EventStore` and
+    :class:`~engine.stores.base.CheckpointStore` on PostgreSQL.
+
+    Open it with :func:`open_postgres_store`; :meth:`snapshots` gives the matching
+    :class:`~engine.stores.base.SnapshotStore`.
+    """
+
+    codec: Codec[E]
+    max_event_bytes: int
+    now: Callable[[], dt.datetime]
+    _pool: PgPool
+    _read_pool: PgPool
+    _queries: Queries
+    _dsn: str
+    _nursery: trio.Nursery
+    _requests: trio.MemorySendChannel[_AppendRequest]
+    _known_head: int = 0
+    _head_changed: trio.Event = attrs.field(factory=trio.Event)
+    _listen_generation: int = 0
+    _listening: bool = False
+    _listen_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _groups: int = 0
+    _appends: int = 0
+    _largest_group: int = 0
+
+    # -- EventStore ------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent[E]],
+        *,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+        idempotency_key: str | None = None,
+    ) -> list[Event[E]]:
+        """Append ``events`` atomically (see :meth:`EventStore.append
+        <engine.stores.base.EventStore.append>`).
+
+        Raises:
+            ConcurrencyError: The expected version does not match.
+            IdempotencyConflictError: The key was used for another stream.
+            trio.BrokenResourceError: The connection was lost; the append may or may not
+                have been stored.
+            trio.ClosedResourceError: The store is closed.
+        """
+        encoded = encode_batch(self.codec, stream_id, events, max_event_bytes=self.max_event_bytes)
+        code = expected_code(expected_version)
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError(f"idempotency_key must be a str, got {idempotency_key!r}")
+        request = _AppendRequest(
+            stream_id=stream_id,
+            expected=expected_version,
+            code=code,
+            key=idempotency_key,
+            encoded=encoded,
+            recorded_at=self.now(),
+            size=sum(len(e.data) + len(e.metadata) for e in encoded),
+        )
+        await self._requests.send(request)
+        try:
+            await request.done.wait()
+        finally:
+            # If the wait was cancelled, the writer skips the request unless it has
+            # already taken it (then the append may still be stored).
+            request.abandoned = True
+        result = request.result
+        if isinstance(result, BaseException):
+            raise _translate(result) from result
+        assert result is not None
+        status, version, other, positions = result
+        if status == STATUS_OK:
+            stored = _decode_appended(self.codec, request, version, positions or [])
+            if stored:
+                self._advance_head(stored[-1].position)
+            return stored
+        if status == STATUS_CONFLICT:
+            raise ConcurrencyError(stream_id, expected_version, version)
+        if status == STATUS_KEY_CONFLICT:
+            assert idempotency_key is not None
+            assert other is not None
+            raise IdempotencyConflictError(idempotency_key, stream_id, other)
+        if status == STATUS_REPLAY:
+            assert idempotency_key is not None
+            replayed = await self.find_idempotent(idempotency_key)
+            return replayed or []
+        raise EskitError(f"append_events returned an unknown status {status}")
+
+    async def load(
+        self, stream_id: str, *, after_version: int = 0, limit: int | None = None
+    ) -> list[Event[E]]:
+        """The stream's events with a version above ``after_version``, in order."""
+        validate_stream_id(stream_id)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        fetch = partial(
+            _fetch_events, self.codec, self._queries.load, [stream_id, after_version, limit]
+        )
+        return await self._run(fetch, read=True)
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 when it has no events)."""
+        validate_stream_id(stream_id)
+        row = await self._run(partial(_fetch_one, self._queries.stream_version, [stream_id]))
+        return int(row[0]) if row else 0
+
+    async def read_all(
+        self, *, after_position: int = 0, limit: int = DEFAULT_READ_LIMIT
+    ) -> list[Event[E]]:
+        """Up to ``limit`` events of all streams after ``after_position``, in order."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        fetch = partial(_fetch_events, self.codec, self._queries.read_all, [after_position, limit])
+        return await self._run(fetch, read=True)
+
+    async def head_position(self) -> int:
+        """The highest position ``read_all`` can currently return (0 when empty)."""
+        row = await self._run(partial(_fetch_one, self._queries.head, []), read=True)
+        return int(row[0]) if row else 0
+
+    async def find_idempotent(self, idempotency_key: str) -> list[Event[E]] | None:
+        """The events stored by the append that carried ``idempotency_key``, or ``None``."""
+        return await self._run(
+            partial(_fetch_idempotent, self.codec, self._queries, idempotency_key)
+        )
+
+    # -- wake-ups ----------------------------------------------------------------------
+
+    async def wait_for_new_events(self, after_position: int) -> None:
+        """Wait until an event with a position above ``after_position`` is committed.
+
+        Wakes on this store's own appends and on the NOTIFY that every append
+        transaction sends (from any process), over one LISTEN connection opened on
+        first use. Bound the wait with ``trio.move_on_after``; a follower typically
+        reads until ``read_all`` comes back empty, then waits here.
+        """
+        await self._ensure_listening()
+        checked: int | None = None
+        while self._known_head <= after_position:
+            if checked != self._listen_generation:
+                # (Re)connected: notifications may have been missed, so ask.
+                checked = self._listen_generation
+                self._advance_head(await self.head_position())
+            else:
+                await self._head_changed.wait()
+
+    async def _ensure_listening(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._listening:
+            return
+        async with self._listen_lock:
+            if not self._listening:
+                try:
+                    await self._nursery.start(
+                        run_pg_listener, self._dsn, self._queries.channel, self._on_notify
+                    )
+                except psycopg.Error as exc:
+                    raise _translate(exc) from exc
+                self._listening = True
+
+    def _on_notify(self, payload: str | None) -> None:
+        if payload is None:
+            self._listen_generation += 1
+            self._wake()
+        elif payload.isdigit():
+            self._advance_head(int(payload))
+
+    def _advance_head(self, position: int) -> None:
+        if position > self._known_head:
+            self._known_head = position
+            self._wake()
+
+    def _wake(self) -> None:
+        self._head_changed.set()
+        self._head_changed = trio.Event()
+
+    # -- CheckpointStore ---------------------------------------------------------------
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The saved position of ``name``, or ``None``."""
+        row = await self._run(partial(_fetch_one, self._queries.load_checkpoint, [name]))
+        return None if row is None else int(row[0])
+
+    async def save_checkpoint(self, name: str, position: int, *, expected: int | None) -> None:
+        """Save ``position`` for ``name`` if the stored value is still ``expected``.
+
+        Raises:
+            CheckpointConflictError: Another writer saved since ``expected`` was read.
+            ValueError: ``position`` is negative.
+        """
+        ok, actual = await self._run(
+            partial(_save_checkpoint, self._queries, name, position, expected)
+        )
+        if not ok:
+            raise CheckpointConflictError(name, expected, actual)
+        if position < 0:
+            raise ValueError(f"a checkpoint position must be >= 0, got {position}")
+
+    # -- snapshots, statistics ---------------------------------------------------------
+
+    def snapshots(self, state_type: type[S]) -> PostgresSnapshotStore[S]:
+        """A :class:`~engine.stores.base.SnapshotStore` for states of ``state_type``,
+        in this store's schema, encoded with this store's codec."""
+        return PostgresSnapshotStore(self, state_type)
+
+    def statistics(self) -> PostgresStoreStatistics:
+        """Counters of the group-commit writer."""
+        return PostgresStoreStatistics(self._groups, self._appends, self._largest_group)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[PgConnection], T], *, read: bool = False) -> T:
+        try:
+            return await (self._read_pool if read else self._pool).run(fn)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def _run_writer(self, receive: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
+        pending: deque[_AppendRequest] = deque()
+        async with receive:
+            while True:
+                if not pending:
+                    try:
+                        pending.append(await receive.receive())
+                    except trio.EndOfChannel:
+                        return
+                while len(pending) < MAX_GROUP_REQUESTS:
+                    try:
+                        pending.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                group = _take_group(pending)
+                if not group:
+                    continue
+                results: Sequence[_Row | BaseException]
+                try:
+                    results = await self._pool.run(partial(_write_group, self._queries, group))
+                except Exception as exc:
+                    # Every append of the group fails alike; each appender raises it.
+                    results = [exc] * len(group)
+                self._groups += 1
+                self._appends += len(group)
+                self._largest_group = max(self._largest_group, len(group))
+                for request, result in zip(group, results, strict=True):
+                    request.result = result
+                    request.done.set()
+
+
+def _take_group(pending: deque[_AppendRequest]) -> list[_AppendRequest]:
+    """Take the next group off ``pending``: at most one append per idempotency key
+    (the function checks keys against the table, not within its own arrays), and within
+    the size limits. Appends whose caller gave up are dropped."""
+    group: list[_AppendRequest] = []
+    keys: set[str] = set()
+    size = 0
+    deferred: deque[_AppendRequest] = deque()
+    while pending:
+        request = pending.popleft()
+        if request.abandoned:
+            continue
+        too_big = group and (
+            len(group) >= MAX_GROUP_REQUESTS or size + request.size > MAX_GROUP_BYTES
+        )
+        if too_big or (request.key is not None and request.key in keys):
+            deferred.append(request)
+            continue
+        group.append(request)
+        size += request.size
+        if request.key is not None:
+            keys.add(request.key)
+    pending.extend(deferred)
+    return group
+
+
+def _fetch_one(query: bytes, params: Sequence[Any], conn: PgConnection) -> tuple[Any, ...] | None:
+    return conn.execute(query, params).fetchone()
+
+
+def _execute(query: bytes, params: Sequence[Any], conn: PgConnection) -> None:
+    conn.execute(query, params)
+
+
+def _save_checkpoint(
+    q: Queries, name: str, position: int, expected: int | None, conn: PgConnection
+) -> tuple[bool, int | None]:
+    """Compare and set in one statement; returns (saved, actual when not saved)."""
+    if position >= 0:
+        if expected is None:
+            saved = conn.execute(q.insert_checkpoint, [name, position]).fetchone()
+        else:
+            saved = conn.execute(q.update_checkpoint, [position, name, expected]).fetchone()
+        if saved is not None:
+            return True, position
+    row = conn.execute(q.load_checkpoint, [name]).fetchone()
+    actual = None if row is None else int(row[0])
+    # A negative position over the right expected value is "ok" here; the caller then
+    # refuses it, in the same order as the memory store.
+    return (position < 0 and actual == expected), actual
+
+
+@attrs.define(eq=False)
+class PostgresSnapshotStore(Generic[S]):
+    """A :class:`~engine.stores.base.SnapshotStore` in a :class:`PostgresStore`'s schema."""
+
+    _store: PostgresStore[Any]
+    state_type: type[S]
+
+    async def save_snapshot(self, snapshot: Snapshot[S]) -> None:
+        """Store ``snapshot`` unless a snapshot of a later version is stored already."""
+        validate_stream_id(snapshot.stream_id)
+        state = self._store.codec.encode_value(snapshot.state)
+        params = [snapshot.stream_id, snapshot.version, snapshot.schema, state]
+        await self._store._run(partial(_execute, self._store._queries.save_snapshot, params))
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot[S] | None:
+        """The latest snapshot of ``stream_id``, or ``None``."""
+        validate_stream_id(stream_id)
+        row = await self._store._run(
+            partial(_fetch_one, self._store._queries.load_snapshot, [stream_id])
+        )
+        if row is None:
+            return None
+        version, schema, state = row
+        value = self._store.codec.decode_value(bytes(state), self.state_type)
+        return Snapshot(stream_id, int(version), value, int(schema))
+
+
+def append_in_transaction(
+    conn: PgConnection,
+    codec: Codec[E],
+    stream_id: str,
+    events: Sequence[NewEvent[E]],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+    idempotency_key: str | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    now: Callable[[], dt.datetime] = utc_now,
+) -> list[Event[E]]:
+    """Append on a psycopg connection, inside a transaction the caller owns (blocking).
+
+    The same server-side function and lock as :meth:`PostgresStore.append`: until the
+    caller's transaction ends, every other append to the schema waits, and no reader
+    sees a later position. Use it to commit read-model writes with the events, or to
+    hold a transaction open in tests. The schema must have been migrated (open a store
+    once).
+
+    Raises:
+        ConcurrencyError: The expected version does not match.
+        IdempotencyConflictError: The key was used for another stream.
+        psycopg.Error: Database errors, untranslated (the caller owns the connection).
+    """
+    encoded = encode_batch(codec, stream_id, events, max_event_bytes=max_event_bytes)
+    request = _AppendRequest(
+        stream_id=stream_id,
+        expected=expected_version,
+        code=expected_code(expected_version),
+        key=idempotency_key,
+        encoded=encoded,
+        recorded_at=now(),
+        size=0,
+    )
+    q = Queries.for_schema(schema)
+    ((status, version, other, positions),) = _call_append(q, conn, [request])
+    if status == STATUS_OK:
+        return _decode_appended(codec, request, version, positions or [])
+    if status == STATUS_CONFLICT:
+        raise ConcurrencyError(stream_id, expected_version, version)
+    if status == STATUS_KEY_CONFLICT:
+        assert idempotency_key is not None
+        assert other is not None
+        raise IdempotencyConflictError(idempotency_key, stream_id, other)
+    assert idempotency_key is not None
+    return _fetch_idempotent(codec, q, idempotency_key, conn) or []
+
+
+@asynccontextmanager
+async def open_postgres_store(
+    dsn: str,
+    codec: Codec[E],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    min_pool_size: int = DEFAULT_MIN_POOL_SIZE,
+    max_pool_size: int = DEFAULT_MAX_POOL_SIZE,
+    read_dsn: str | None = None,
+    read_pool_size: int = DEFAULT_MAX_POOL_SIZE,
+    name: str = "eskit",
+    now: Callable[[], dt.datetime] = utc_now,
+) -> AsyncIterator[PostgresStore[E]]:
+    """Open the PostgreSQL store in ``schema``, creating or migrating its tables.
+
+    Args:
+        dsn: The primary's connection string.
+        codec: Encodes events and snapshot states.
+        schema: The schema of the store's tables (any name; quoted). Created if missing.
+        max_event_bytes: Size limit per encoded event.
+        min_pool_size: Connections kept open.
+        max_pool_size: The most connections (and worker threads) used at once.
+        read_dsn: A replica for ``load``, ``read_all`` and ``head_position``; those then
+            lag the primary by the replication delay.
+        read_pool_size: The most connections to the replica.
+        name: ``application_name`` of the connections (visible in ``pg_stat_activity``).
+        now: Wall clock for ``recorded_at``.
+
+    Raises:
+        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        EskitError: The schema was migrated by a newer eskit, or a database error.
+
+    Resource handling:
+        Owns a nursery with the group-commit writer and, once
+        :meth:`~PostgresStore.wait_for_new_events` is used, a LISTEN task; both are
+        cancelled on exit, then the pools close (shielded, bounded).
+    """
+    queries = Queries.for_schema(schema)
+    async with AsyncExitStack() as stack:
+        try:
+            pool = await stack.enter_async_context(
+                open_pg_pool(dsn, min_size=min_pool_size, max_size=max_pool_size, name=name)
+            )
+            await pool.run(partial(migrate, queries))
+            read_pool = pool
+            if read_dsn is not None:
+                read_pool = await stack.enter_async_context(
+                    open_pg_pool(read_dsn, min_size=1, max_size=read_pool_size, name=name)
+                )
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        async with trio.open_nursery() as nursery:
+            send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
+            store = PostgresStore(
+                codec=codec,
+                max_event_bytes=max_event_bytes,
+                now=now,
+                pool=pool,
+                read_pool=read_pool,
+                queries=queries,
+                dsn=dsn,
+                nursery=nursery,
+                requests=send,
+            )
+            nursery.start_soon(store._run_writer, receive)
+            try:
+                yield store
+            finally:
+                send.close()
+                nursery.cancel_scope.cancel()

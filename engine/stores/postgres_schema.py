@@ -1,0 +1,373 @@
+"""The PostgreSQL store's tables, server-side append function, migrations and queries.
+
+Everything is created in one schema whose name is always quoted, so any name works.
+``schema_migrations`` records which of :data:`MIGRATIONS` ran; opening a store applies
+the missing ones under an advisory lock, so concurrent openers do not race.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+
+import attrs
+from psycopg import sql
+
+from engine.drivers.postgres import PgConnection
+from engine.errors import EskitError
+from engine.events import ExpectedVersion
+
+__all__ = [
+    "EXPECTED_ANY",
+    "EXPECTED_STREAM_EXISTS",
+    "MIGRATIONS",
+    "STATUS_CONFLICT",
+    "STATUS_KEY_CONFLICT",
+    "STATUS_OK",
+    "STATUS_REPLAY",
+    "Queries",
+    "expected_code",
+    "migrate",
+]
+
+#: ``expected`` codes of the append function; exact versions are themselves (>= 0).
+EXPECTED_ANY = -1
+EXPECTED_STREAM_EXISTS = -3
+
+#: Per-append results of the append function.
+STATUS_OK = 0
+STATUS_CONFLICT = 1
+STATUS_REPLAY = 2
+STATUS_KEY_CONFLICT = 3
+
+_MAX_IDENTIFIER_BYTES = 63
+
+
+def expected_code(expected: int | ExpectedVersion) -> int:
+    """Encode an expected version for the append function.
+
+    Raises:
+        ValueError: A negative exact version.
+        TypeError: Neither an ``int`` nor an :class:`ExpectedVersion`.
+    """
+    if isinstance(expected, ExpectedVersion):
+        if expected is ExpectedVersion.ANY:
+            return EXPECTED_ANY
+        if expected is ExpectedVersion.STREAM_EXISTS:
+            return EXPECTED_STREAM_EXISTS
+        return 0
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        if expected < 0:
+            raise ValueError(f"expected_version must be >= 0, got {expected}")
+        return expected
+    raise TypeError(f"expected_version must be an int or an ExpectedVersion, got {expected!r}")
+
+
+def _key(purpose: str, schema: str) -> int:
+    digest = hashlib.blake2b(f"eskit:{purpose}:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _q(template: str, schema: str) -> bytes:
+    return sql.SQL(template).format(s=sql.Identifier(schema)).as_bytes(None)
+
+
+_COLUMNS = (
+    "position, stream_id, version, type, schema_version, data, metadata, event_id, recorded_at"
+)
+
+
+@attrs.frozen
+class Queries:
+    """The SQL of one schema, composed once."""
+
+    schema: str
+    channel: str
+    append_lock: int
+    migrate_lock: int
+    append: bytes
+    load: bytes
+    read_all: bytes
+    head: bytes
+    stream_version: bytes
+    find_key: bytes
+    load_checkpoint: bytes
+    insert_checkpoint: bytes
+    update_checkpoint: bytes
+    save_snapshot: bytes
+    load_snapshot: bytes
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Queries:
+        """The queries for ``schema`` (cached).
+
+        Raises:
+            ValueError: The name is empty, has a NUL, or is longer than PostgreSQL's 63
+                bytes (PostgreSQL would silently truncate it).
+        """
+        return _queries_for(schema)
+
+
+@functools.lru_cache(maxsize=64)
+def _queries_for(schema: str) -> Queries:
+    if not isinstance(schema, str) or not schema or "\x00" in schema:
+        raise ValueError(f"a schema name must be a non-empty str without NUL, got {schema!r}")
+    if len(schema.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"a schema name must be at most 63 UTF-8 bytes, got {schema!r}")
+    channel = "eskit_" + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
+    return Queries(
+        schema=schema,
+        channel=channel,
+        append_lock=_key("append", schema),
+        migrate_lock=_key("migrate", schema),
+        append=_q(
+            "SELECT o_status, o_version, o_other, o_positions FROM {s}.append_events("
+            "%b::text[], %b::bigint[], %b::text[], %b::int[], %b::timestamptz[], "
+            "%b::int[], %b::int[], %b::text[], %b::int[], %b::bytea[], %b::bytea[], %b::uuid[])",
+            schema,
+        ),
+        load=_q(
+            f"SELECT {_COLUMNS} FROM {{s}}.events WHERE stream_id = %s AND version > %s "
+            "ORDER BY version LIMIT %s",
+            schema,
+        ),
+        read_all=_q(
+            f"SELECT {_COLUMNS} FROM {{s}}.events WHERE position > %s ORDER BY position LIMIT %s",
+            schema,
+        ),
+        head=_q("SELECT coalesce(max(position), 0) FROM {s}.events", schema),
+        stream_version=_q(
+            "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = %s", schema
+        ),
+        find_key=_q(
+            "SELECT stream_id, first_version, event_count FROM {s}.idempotency_keys WHERE key = %s",
+            schema,
+        ),
+        load_checkpoint=_q("SELECT position FROM {s}.checkpoints WHERE name = %s", schema),
+        insert_checkpoint=_q(
+            "INSERT INTO {s}.checkpoints (name, position) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO NOTHING RETURNING position",
+            schema,
+        ),
+        update_checkpoint=_q(
+            "UPDATE {s}.checkpoints SET position = %s, updated_at = now() "
+            "WHERE name = %s AND position = %s RETURNING position",
+            schema,
+        ),
+        save_snapshot=_q(
+            "INSERT INTO {s}.snapshots AS cur (stream_id, version, schema_version, state) "
+            "VALUES (%s, %s, %s, %b) ON CONFLICT (stream_id) DO UPDATE SET "
+            "version = excluded.version, schema_version = excluded.schema_version, "
+            "state = excluded.state, saved_at = now() "
+            "WHERE cur.version <= excluded.version",
+            schema,
+        ),
+        load_snapshot=_q(
+            "SELECT version, schema_version, state FROM {s}.snapshots WHERE stream_id = %s",
+            schema,
+        ),
+    )
+
+
+# The append function. It runs with the append lock held for the rest of its
+# transaction; everything it reads (versions, keys) is therefore stable until commit.
+# Versions of streams touched earlier in the same call are tracked in arrays, so that
+# several appends to one stream in one group see each other.
+_APPEND_FUNCTION_BODY = """
+DECLARE
+    n int := coalesce(array_length(req_stream, 1), 0);
+    st int[] := array_fill(0, ARRAY[n]);
+    base bigint[] := array_fill(0::bigint, ARRAY[n]);
+    oth text[] := array_fill(NULL::text, ARRAY[n]);
+    seen_stream text[] := ARRAY[]::text[];
+    seen_version bigint[] := ARRAY[]::bigint[];
+    all_positions bigint[];
+    r int;
+    idx int;
+    cur bigint;
+    want bigint;
+    k record;
+    offs int := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock});
+    FOR r IN 1 .. n LOOP
+        IF req_key[r] IS NOT NULL THEN
+            SELECT ik.stream_id, ik.first_version, ik.event_count INTO k
+                FROM {s}.idempotency_keys AS ik WHERE ik.key = req_key[r];
+            IF FOUND THEN
+                IF k.stream_id = req_stream[r] THEN
+                    st[r] := 2;
+                    base[r] := k.first_version - 1;
+                ELSE
+                    st[r] := 3;
+                    oth[r] := k.stream_id;
+                END IF;
+                CONTINUE;
+            END IF;
+        END IF;
+        idx := array_position(seen_stream, req_stream[r]);
+        IF idx IS NULL THEN
+            SELECT coalesce(max(e.version), 0) INTO cur
+                FROM {s}.events AS e WHERE e.stream_id = req_stream[r];
+            seen_stream := seen_stream || req_stream[r];
+            seen_version := seen_version || cur;
+            idx := array_length(seen_stream, 1);
+        ELSE
+            cur := seen_version[idx];
+        END IF;
+        want := req_expected[r];
+        base[r] := cur;
+        IF want = -1 OR (want = -3 AND cur > 0) OR want = cur THEN
+            seen_version[idx] := cur + req_count[r];
+            IF req_key[r] IS NOT NULL THEN
+                INSERT INTO {s}.idempotency_keys (key, stream_id, first_version, event_count)
+                    VALUES (req_key[r], req_stream[r], cur + 1, req_count[r]);
+            END IF;
+        ELSE
+            st[r] := 1;
+        END IF;
+    END LOOP;
+    -- unnest yields the events in array order and the identity column numbers them in
+    -- that order, so sorted positions line up with the events of the accepted appends.
+    WITH inserted AS (
+        INSERT INTO {s}.events
+            (stream_id, version, type, schema_version, data, metadata, event_id, recorded_at)
+        SELECT req_stream[u.r], base[u.r] + u.seq, u.t, u.sv, u.d, u.m, u.id,
+               req_recorded_at[u.r]
+        FROM unnest(ev_req, ev_seq, ev_type, ev_schema, ev_data, ev_meta, ev_id)
+            AS u(r, seq, t, sv, d, m, id)
+        WHERE st[u.r] = 0
+        RETURNING position
+    )
+    SELECT array_agg(inserted.position ORDER BY inserted.position) INTO all_positions
+        FROM inserted;
+    IF all_positions IS NOT NULL THEN
+        PERFORM pg_notify({channel}, all_positions[array_length(all_positions, 1)]::text);
+    END IF;
+    FOR r IN 1 .. n LOOP
+        o_status := st[r];
+        o_version := base[r];
+        o_other := oth[r];
+        o_positions := NULL;
+        IF st[r] = 0 THEN
+            o_positions := coalesce(all_positions[offs + 1 : offs + req_count[r]],
+                                    ARRAY[]::bigint[]);
+            offs := offs + req_count[r];
+        ELSIF st[r] = 2 THEN
+            o_other := NULL;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+"""
+
+
+def _append_function(q: Queries) -> str:
+    body = (
+        sql.SQL(_APPEND_FUNCTION_BODY)
+        .format(
+            s=sql.Identifier(q.schema),
+            lock=sql.Literal(q.append_lock),
+            channel=sql.Literal(q.channel),
+        )
+        .as_string(None)
+    )
+    # The body is dollar-quoted; pick a tag that the (quoted) schema name cannot end.
+    tag, n = "$eskit$", 0
+    while tag in body:
+        n += 1
+        tag = f"$eskit{n}$"
+    head = (
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {s}.append_events("
+            "req_stream text[], req_expected bigint[], req_key text[], req_count int[], "
+            "req_recorded_at timestamptz[], ev_req int[], ev_seq int[], ev_type text[], "
+            "ev_schema int[], ev_data bytea[], ev_meta bytea[], ev_id uuid[]) "
+            "RETURNS TABLE (o_status int, o_version bigint, o_other text, o_positions bigint[]) "
+            "LANGUAGE plpgsql AS "
+        )
+        .format(s=sql.Identifier(q.schema))
+        .as_string(None)
+    )
+    return f"{head}{tag}{body}{tag}"
+
+
+def _migration_1(q: Queries) -> list[str]:
+    tables = [
+        """CREATE TABLE {s}.events (
+            position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            stream_id text COLLATE "C" NOT NULL,
+            version integer NOT NULL,
+            type text NOT NULL,
+            schema_version integer NOT NULL,
+            data bytea NOT NULL,
+            metadata bytea NOT NULL,
+            event_id uuid NOT NULL,
+            recorded_at timestamptz NOT NULL,
+            CONSTRAINT events_stream_version UNIQUE (stream_id, version)
+        )""",
+        """CREATE TABLE {s}.idempotency_keys (
+            key text COLLATE "C" PRIMARY KEY,
+            stream_id text COLLATE "C" NOT NULL,
+            first_version integer NOT NULL,
+            event_count integer NOT NULL
+        )""",
+        """CREATE TABLE {s}.snapshots (
+            stream_id text COLLATE "C" PRIMARY KEY,
+            version integer NOT NULL,
+            schema_version integer NOT NULL,
+            state bytea NOT NULL,
+            saved_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE {s}.checkpoints (
+            name text COLLATE "C" PRIMARY KEY,
+            position bigint NOT NULL CHECK (position >= 0),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ]
+    composed = [_q(t, q.schema).decode() for t in tables]
+    return [*composed, _append_function(q)]
+
+
+#: The migrations, in order: each returns the statements for one schema. Never edit a
+#: released one; append a new one.
+MIGRATIONS: tuple[Callable[[Queries], list[str]], ...] = (_migration_1,)
+
+
+def migrate(q: Queries, conn: PgConnection) -> int:
+    """Create the schema if missing and apply the missing migrations (blocking; runs in
+    a driver thread). Returns the schema's version.
+
+    Raises:
+        EskitError: The schema was migrated by a newer eskit.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [q.migrate_lock])
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [q.schema])
+        if exists.fetchone() is None:
+            conn.execute(_q("CREATE SCHEMA {s}", q.schema))
+        conn.execute(
+            _q(
+                "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+                q.schema,
+            )
+        )
+        row = conn.execute(
+            _q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations", q.schema)
+        ).fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(MIGRATIONS):
+            raise EskitError(
+                f"schema {q.schema!r} is at version {current}, newer than this eskit "
+                f"knows ({len(MIGRATIONS)}): upgrade eskit"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[version - 1](q):
+                conn.execute(statement.encode())
+            conn.execute(
+                _q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)", q.schema),
+                [version],
+            )
+        return len(MIGRATIONS)
