@@ -181,6 +181,8 @@ class NatsConnection:
     _inbox: str = ""
     _batches: dict[str, tuple[asyncio.Future[Msg], list[Msg]]] = attrs.field(factory=dict)
     _tokens: itertools.count[int] = attrs.field(factory=itertools.count)
+    # Set (and replaced) on the Trio thread whenever the connection state changes.
+    _changed: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def max_payload(self) -> int:
@@ -197,6 +199,24 @@ class NatsConnection:
             jobs_in_flight=self._counters.jobs_in_flight,
             max_payload=client.max_payload if client is not None else 0,
         )
+
+    async def wait_statistics(self, predicate: Callable[[NatsStatistics], bool]) -> NatsStatistics:
+        """Wait until ``predicate(self.statistics())`` holds (e.g. a reconnect happened).
+
+        Returns:
+            The statistics that satisfied ``predicate``.
+        """
+        while not predicate(current := self.statistics()):
+            await self._changed.wait()
+        return current
+
+    def _note_change(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def _note_change_threadsafe(self) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._note_change)
 
     async def run(self, job: Callable[[Client], Awaitable[T]]) -> T:
         """Run ``job(client)`` on the driver's asyncio loop and return its result.
@@ -434,6 +454,7 @@ class NatsConnection:
         self, url: str | list[str], options: dict[str, Any], connect_timeout: float
     ) -> None:
         counters = self._counters
+        note_change = self._note_change_threadsafe
 
         async def on_error(exc: Exception) -> None:
             log.warning("NATS client error: %r", exc)
@@ -441,10 +462,12 @@ class NatsConnection:
         async def on_disconnect() -> None:
             counters.disconnects += 1
             log.info("NATS disconnected")
+            note_change()
 
         async def on_reconnect() -> None:
             counters.reconnects += 1
             log.info("NATS reconnected")
+            note_change()
 
         client = Client()
         try:
