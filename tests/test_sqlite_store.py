@@ -314,3 +314,41 @@ async def test_close_gives_up_a_lock_held_elsewhere(tmp_path: Path) -> None:
         blocker.execute("ROLLBACK")
     assert len(outcome) == 1
     assert _query(path, "SELECT name FROM sqlite_master WHERE name = 't'") == []
+
+
+async def test_job_that_breaks_its_promise_fails_alone(tmp_path: Path) -> None:
+    """A ``checks_first`` job that raises after writing is undone alone; its batch commits."""
+    path = tmp_path / "events.db"
+    results: dict[str, object] = {}
+
+    def insert(value: str, *, fail: bool = False) -> Any:
+        def job(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t (x) VALUES (?)", (value,))
+            if fail:
+                raise ValueError(value)
+            return value
+
+        return job
+
+    async def writer(db: Any, value: str, fail: bool) -> None:
+        try:
+            results[value] = await db.write(insert(value, fail=fail), checks_first=True)
+        except ValueError as exc:
+            results[value] = exc
+
+    async with open_sqlite(path) as db:
+        await db.write(lambda conn: conn.execute("CREATE TABLE t (x TEXT)"))
+        before = db.statistics()
+        with _foreign_connection(path) as blocker:
+            await trio.to_thread.run_sync(blocker.execute, "BEGIN IMMEDIATE")
+            async with trio.open_nursery() as nursery:
+                for value, fail in (("a", False), ("liar", True), ("b", False)):
+                    nursery.start_soon(writer, db, value, fail)
+                    await trio.testing.wait_all_tasks_blocked()
+                await trio.to_thread.run_sync(blocker.execute, "ROLLBACK")
+        after = db.statistics()
+    assert results["a"] == "a"
+    assert results["b"] == "b"
+    assert isinstance(results["liar"], ValueError)
+    assert sorted(_query(path, "SELECT x FROM t")) == [("a",), ("b",)]
+    assert after.writes - before.writes == 3

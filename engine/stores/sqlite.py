@@ -301,9 +301,9 @@ class SqliteStore(Generic[E]):
                 )
             return _Written(first, version)
 
-        outcome = await self._db.write(job)
+        outcome = await self._db.write(job, checks_first=True)
         if isinstance(outcome, list):
-            return [self._decode(row) for row in outcome]
+            return self._decode_rows(outcome)
         self._appends += 1
         self._events_appended += len(encoded)
         return [
@@ -324,7 +324,7 @@ class SqliteStore(Generic[E]):
                 " AND e.version > ? ORDER BY e.version LIMIT ?",
                 (stream_id, max(after_version, 0), -1 if limit is None else limit),
             ).fetchall()
-            return [self._decode(row) for row in rows]
+            return self._decode_rows(rows)
 
         return await self._db.read(query)
 
@@ -354,7 +354,7 @@ class SqliteStore(Generic[E]):
                 f"{_SELECT_EVENT} WHERE e.position > ? ORDER BY e.position LIMIT ?",
                 (max(after_position, 0), limit),
             ).fetchall()
-            return [self._decode(row) for row in rows]
+            return self._decode_rows(rows)
 
         return await self._db.read(query)
 
@@ -376,7 +376,7 @@ class SqliteStore(Generic[E]):
             ).fetchone()
             if known is None:
                 return None
-            return [self._decode(row) for row in _select_range(conn, known[0], known[1])]
+            return self._decode_rows(_select_range(conn, known[0], known[1]))
 
         return await self._db.read(query)
 
@@ -419,7 +419,7 @@ class SqliteStore(Generic[E]):
                 (name, position),
             )
 
-        await self._db.write(job)
+        await self._db.write(job, checks_first=True)
 
     # -- snapshots and introspection -------------------------------------------------
 
@@ -439,19 +439,29 @@ class SqliteStore(Generic[E]):
 
     # -- decoding --------------------------------------------------------------------
 
-    def _decode(self, row: _Row) -> Event[E]:
-        return decode_event(
-            self.codec,
-            stream_id=row[1],
-            version=row[2],
-            position=row[0],
-            type_name=row[3],
-            schema_version=row[4],
-            data=row[5],
-            metadata=row[6],
-            event_id=uuid.UUID(bytes=row[7]),
-            recorded_at=_EPOCH + row[8] * _MICROSECOND,
-        )
+    def _decode_rows(self, rows: list[_Row]) -> list[Event[E]]:
+        # The events of one append share a timestamp: build each datetime once.
+        moments: dict[int, dt.datetime] = {}
+        events = []
+        for position, stream_id, version, type_name, schema, data, metadata, eid, at in rows:
+            recorded_at = moments.get(at)
+            if recorded_at is None:
+                recorded_at = moments[at] = _EPOCH + at * _MICROSECOND
+            events.append(
+                decode_event(
+                    self.codec,
+                    stream_id=stream_id,
+                    version=version,
+                    position=position,
+                    type_name=type_name,
+                    schema_version=schema,
+                    data=data,
+                    metadata=metadata,
+                    event_id=uuid.UUID(bytes=eid),
+                    recorded_at=recorded_at,
+                )
+            )
+        return events
 
     def _decode_new(
         self,
@@ -498,7 +508,7 @@ class SqliteSnapshotStore(Generic[S]):
                 (snapshot.stream_id, snapshot.version, snapshot.schema, state),
             )
 
-        await self._db.write(job)
+        await self._db.write(job, checks_first=True)
 
     async def load_snapshot(self, stream_id: str) -> Snapshot[S] | None:
         """The latest snapshot of ``stream_id``, or ``None``."""
