@@ -21,6 +21,7 @@ from engine.drivers.nats import (
 )
 from engine.errors import ConcurrencyError, IdempotencyConflictError
 from engine.events import ExpectedVersion, NewEvent
+from engine.stores.base import Snapshot
 from engine.stores.nats import (
     MAX_ATOMIC_EVENTS,
     NatsStore,
@@ -28,7 +29,7 @@ from engine.stores.nats import (
     open_nats_store,
     stream_subject_token,
 )
-from engine.testing.contract import Counted, Note, contract_codec
+from engine.testing.contract import Counted, Note, Tally, contract_codec
 from tests.conftest import NatsTarget
 
 
@@ -321,3 +322,32 @@ async def test_closed_driver_refuses_work(nats: NatsTarget) -> None:
         await delete_nats_store(conn, nats.namespace)
     with pytest.raises(trio.ClosedResourceError):
         await store.append("s", notes("late"))
+
+
+async def test_load_across_pages(connection: NatsConnection, nats: NatsTarget) -> None:
+    """Loading a stream longer than one read page honours after_version and limit."""
+    async with store_on(connection, nats) as store:
+        await store.append("long", [NewEvent(Counted(0, n)) for n in range(MAX_ATOMIC_EVENTS)])
+        await store.append("other", notes("between"))
+        await store.append("long", [NewEvent(Counted(1, n)) for n in range(501)])
+        everything = await store.load("long")
+        window = await store.load("long", after_version=998, limit=5)
+        tail = await store.load("long", after_version=1400)
+    assert [e.version for e in everything] == list(range(1, 1501))
+    assert [e.version for e in window] == [999, 1000, 1001, 1002, 1003]
+    assert [e.data for e in window[:2]] == [Counted(0, 998), Counted(1, 0)]
+    assert [e.version for e in tail] == list(range(1401, 1501))
+
+
+async def test_odd_checkpoint_and_snapshot_names(
+    connection: NatsConnection, nats: NatsTarget
+) -> None:
+    """Checkpoint names and snapshot stream ids are kept apart however they look."""
+    async with store_on(connection, nats) as store:
+        for name in ("", "a.b", "a.*", ">"):
+            await store.save_checkpoint(name, len(name), expected=None)
+        assert [await store.load_checkpoint(n) for n in ("", "a.b", "a.*", ">")] == [0, 3, 3, 1]
+        snapshots = store.snapshots(Tally)
+        await snapshots.save_snapshot(Snapshot("a.*", 1, Tally(1)))
+        assert await snapshots.load_snapshot("a.b") is None
+        assert await snapshots.load_snapshot("a.*") == Snapshot("a.*", 1, Tally(1))

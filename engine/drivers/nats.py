@@ -430,6 +430,8 @@ class NatsConnection:
             raise ValueError(
                 f"message over the server's max_payload of {client.max_payload} bytes"
             ) from None
+        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+            raise ValueError(f"invalid NATS subject or header: {exc!r}") from None
         except nats.errors.NoRespondersError:
             raise ConnectionError(
                 "no responders (is JetStream enabled, and does the stream exist?)"
@@ -502,7 +504,8 @@ class NatsConnection:
     async def _close(self) -> None:
         client = self._client
         if client is not None and not client.is_closed:
-            await client.close()
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await client.close()
 
     def _require_client(self) -> Client:
         if self._client is None:
@@ -611,11 +614,9 @@ async def open_nats(
         await connection._submit(connection._connect(url, connect_options, connect_timeout))
         yield connection
     finally:
-        with trio.move_on_after(CLOSE_GRACE, shield=True):
-            if connection._client is not None:
-                with contextlib.suppress(ConnectionError, TimeoutError):
-                    await connection.run(lambda _: connection._close())
         connection._closed = True
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            await connection._submit(connection._close())
         loop.call_soon_threadsafe(loop.stop)
         with trio.move_on_after(CLOSE_GRACE, shield=True):
             await trio.to_thread.run_sync(thread.join)

@@ -71,6 +71,7 @@ from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snap
 from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
 
 __all__ = [
+    "DEFAULT_DUPLICATE_WINDOW",
     "DEFAULT_NAMESPACE",
     "MAX_ATOMIC_EVENTS",
     "NatsSnapshotStore",
@@ -93,6 +94,8 @@ MAX_ATOMIC_EVENTS = 999
 HEAD_CACHE_SIZE = 10_000
 #: Messages per direct-get request while loading a stream.
 LOAD_PAGE = 1000
+#: Seconds JetStream remembers event ids (``Nats-Msg-Id``), its own default.
+DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
 #: refused because the server has too many batches in flight.
 MAX_RETRIES = 64
@@ -448,12 +451,16 @@ class NatsStore(Generic[E]):
         validate_stream_id(stream_id)
         subject = self._names.events + stream_subject_token(stream_id)
         out: list[Event[E]] = []
-        start = 1
+        start, seen = 1, 0
         while limit is None or len(out) < limit:
+            # Versions are 1, 2, 3... in sequence order: the first after_version + limit
+            # messages of the subject hold everything asked for.
+            size = LOAD_PAGE if limit is None else min(LOAD_PAGE, after_version + limit - seen)
             batch = await self._connection.direct_get_batch(
-                self._names.stream, start=start, batch=LOAD_PAGE, subject=subject
+                self._names.stream, start=start, batch=max(size, 1), subject=subject
             )
             assert batch.headers is not None
+            seen += len(batch.data)
             for data, headers in zip(batch.data, batch.headers, strict=True):
                 body = _body_decoder.decode(data)
                 if isinstance(body, _EventBody) and body.version > after_version:
@@ -668,7 +675,9 @@ class NatsSnapshotStore(Generic[S]):
 
 
 def _kv_subject(bucket: str, key: str) -> str:
-    return f"$KV.{bucket}.{stream_subject_token(key)}"
+    # "=" is a valid KV key that base64url without padding never produces: the empty
+    # name (allowed for checkpoints) gets a key of its own.
+    return f"$KV.{bucket}.{stream_subject_token(key) or '='}"
 
 
 async def _kv_get(connection: NatsConnection, bucket: str, key: str) -> StoredMsg | None:
@@ -678,7 +687,7 @@ async def _kv_get(connection: NatsConnection, bucket: str, key: str) -> StoredMs
     return message
 
 
-def _event_stream_config(names: _Names, replicas: int) -> dict[str, Any]:
+def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) -> dict[str, Any]:
     return {
         "name": names.stream,
         "subjects": [names.events + "*", names.keys + "*"],
@@ -687,6 +696,7 @@ def _event_stream_config(names: _Names, replicas: int) -> dict[str, Any]:
         "num_replicas": replicas,
         "allow_atomic": True,
         "allow_direct": True,
+        "duplicate_window": int(duplicate_window * 1e9),
         # An event log is append-only: nothing may be removed from the middle.
         "deny_delete": True,
         "deny_purge": True,
@@ -721,11 +731,15 @@ async def _ensure_stream(connection: NatsConnection, config: dict[str, Any]) -> 
 
 
 async def ensure_nats_store(
-    connection: NatsConnection, namespace: str = DEFAULT_NAMESPACE, *, replicas: int = 1
+    connection: NatsConnection,
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    replicas: int = 1,
+    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
 ) -> None:
     """Create (or update) the event stream and the two KV buckets of ``namespace``."""
     names = _Names.of(namespace)
-    await _ensure_stream(connection, _event_stream_config(names, replicas))
+    await _ensure_stream(connection, _event_stream_config(names, replicas, duplicate_window))
     await _ensure_stream(connection, _kv_config(names.snapshots, replicas))
     await _ensure_stream(connection, _kv_config(names.checkpoints, replicas))
 
@@ -749,6 +763,7 @@ async def open_nats_store(
     namespace: str = DEFAULT_NAMESPACE,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     replicas: int = 1,
+    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
     now: Callable[[], dt.datetime] = utc_now,
     **connect_options: Any,
 ) -> AsyncIterator[NatsStore[E]]:
@@ -762,6 +777,9 @@ async def open_nats_store(
             (``<namespace>.ev.*``, ``<namespace>.key.*``) and the KV buckets.
         max_event_bytes: Size limit per encoded event.
         replicas: JetStream replicas for the stream and buckets (when creating them).
+        duplicate_window: Seconds JetStream remembers event ids to drop a repeated
+            event. The server keeps every id of that window in memory: at high
+            rates, shorten it.
         now: Wall clock for ``recorded_at``.
         **connect_options: Passed to :func:`~engine.drivers.nats.open_nats` with a URL.
 
@@ -783,5 +801,7 @@ async def open_nats_store(
                 f"max_event_bytes={max_event_bytes} does not fit the server's max_payload "
                 f"of {connection.max_payload} bytes (less 16 KiB for the envelope)"
             )
-        await ensure_nats_store(connection, namespace, replicas=replicas)
+        await ensure_nats_store(
+            connection, namespace, replicas=replicas, duplicate_window=duplicate_window
+        )
         yield NatsStore(connection, codec, names, max_event_bytes, now)

@@ -1,0 +1,289 @@
+"""Quick throughput figures of the NATS JetStream store (not a test).
+
+Starts its own nats-server (as the test suite does: file storage, ``sync_interval:
+always``) and prints, for each workload, the store through the Trio driver beside raw
+nats-py in plain asyncio (a child process, no trio-asyncio imported) and beside nats-py
+driven from Trio through trio-asyncio, the alternative bridge.
+
+Run: /tmp/venv/bin/python -m benchmarks.nats_store_quick [READ_EVENTS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+TEXT = "x" * 190  # about a 207-byte payload, as in DESIGN.md
+SINGLE = 2000
+TASKS, PER_TASK = 64, 50
+BATCHES, BATCH = 200, 100
+PAGE = 1000
+
+
+def _rate(count: int, start: float) -> float:
+    return count / (time.perf_counter() - start)
+
+
+# -- raw nats-py in plain asyncio (the floor) ----------------------------------------
+
+
+async def _raw_batch(nc: Any, subject: str, count: int) -> bytes:
+    batch_id = uuid.uuid4().hex
+    payload = TEXT.encode()
+    for n in range(1, count):
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+        headers["Nats-Msg-Id"] = str(uuid.uuid4())
+        await nc.publish(subject, payload, headers=headers)
+    headers = {
+        "Nats-Batch-Id": batch_id,
+        "Nats-Batch-Sequence": str(count),
+        "Nats-Batch-Commit": "1",
+        "Nats-Msg-Id": str(uuid.uuid4()),
+    }
+    reply = await nc.request(subject, payload, timeout=10, headers=headers)
+    return bytes(reply.data)
+
+
+async def _raw(url: str, read_events: int) -> dict[str, float]:
+    import nats
+    import orjson
+
+    nc = await nats.connect(url)
+    stream = "RAW_BENCH"
+    config = {
+        "name": stream,
+        "subjects": ["raw.>"],
+        "storage": "file",
+        "allow_atomic": True,
+        "allow_direct": True,
+    }
+    await nc.request(f"$JS.API.STREAM.CREATE.{stream}", orjson.dumps(config))
+    payload = TEXT.encode()
+    out: dict[str, float] = {}
+
+    start = time.perf_counter()
+    for i in range(SINGLE):
+        headers = {"Nats-Msg-Id": str(uuid.uuid4())}
+        await nc.request(f"raw.s{i % 100}", payload, timeout=10, headers=headers)
+    out["single"] = _rate(SINGLE, start)
+
+    async def appender(t: int) -> None:
+        for _ in range(PER_TASK):
+            headers = {"Nats-Msg-Id": str(uuid.uuid4())}
+            await nc.request(f"raw.c{t}", payload, timeout=10, headers=headers)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(appender(t) for t in range(TASKS)))
+    out["concurrent"] = _rate(TASKS * PER_TASK, start)
+
+    start = time.perf_counter()
+    for b in range(BATCHES):
+        await _raw_batch(nc, f"raw.b{b}", BATCH)
+    out["batch"] = _rate(BATCHES * BATCH, start)
+
+    count = 0
+    while count < read_events:
+        await _raw_batch(nc, f"raw.f{count}", 500)
+        count += 500
+
+    # Batched direct gets without headers on one long-lived inbox, as the driver does.
+    inbox = nc.new_inbox()
+    waiting: dict[str, tuple[asyncio.Future[Any], list[bytes]]] = {}
+
+    async def on_message(msg: Any) -> None:
+        end, got = waiting[msg.subject[len(inbox) + 1 :]]
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            end.set_result(msg)
+        else:
+            got.append(msg.data)
+
+    await nc.subscribe(f"{inbox}.*", cb=on_message, pending_msgs_limit=0, pending_bytes_limit=0)
+    start, seq, read, token = time.perf_counter(), 1, 0, 0
+    while True:
+        token += 1
+        end: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        got: list[bytes] = []
+        waiting[str(token)] = (end, got)
+        body = {"seq": seq, "batch": PAGE, "next_by_subj": "raw.>", "no_hdr": True}
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(body), reply=f"{inbox}.{token}"
+        )
+        last = await end
+        if not got:
+            break
+        read += len(got)
+        seq = int(last.headers["Nats-Last-Sequence"]) + 1
+    out["read_direct"] = _rate(read, start)
+
+    from nats.js.api import DeliverPolicy
+
+    total = read
+    done = asyncio.get_running_loop().create_future()
+    seen = 0
+
+    async def on_ordered(msg: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= total and not done.done():
+            done.set_result(None)
+
+    start = time.perf_counter()
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        "raw.>", cb=on_ordered, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    await done
+    out["read_ordered"] = _rate(seen, start)
+    await sub.unsubscribe()
+    await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"")
+    await nc.close()
+    return out
+
+
+# -- the store through the Trio driver ---------------------------------------------------
+
+
+async def _store(url: str, read_events: int) -> dict[str, float]:
+    import trio
+
+    from engine.drivers.nats import open_nats
+    from engine.events import NewEvent
+    from engine.stores.nats import delete_nats_store, open_nats_store
+    from engine.testing.contract import Note, contract_codec
+
+    def new(count: int) -> list[NewEvent[Any]]:
+        return [NewEvent(Note(TEXT)) for _ in range(count)]
+
+    out: dict[str, float] = {}
+    async with (
+        open_nats(url) as connection,
+        open_nats_store(connection, contract_codec(), namespace="bench") as store,
+    ):
+        versions = [0] * 100
+        start = time.perf_counter()
+        for i in range(SINGLE):
+            await store.append(f"seq-{i % 100}", new(1), expected_version=versions[i % 100])
+            versions[i % 100] += 1
+        out["single"] = _rate(SINGLE, start)
+
+        async def appender(t: int) -> None:
+            for n in range(PER_TASK):
+                await store.append(f"con-{t}", new(1), expected_version=n)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for t in range(TASKS):
+                nursery.start_soon(appender, t)
+        out["concurrent"] = _rate(TASKS * PER_TASK, start)
+
+        start = time.perf_counter()
+        for b in range(BATCHES):
+            await store.append(f"batch-{b}", new(BATCH), expected_version=0)
+        out["batch"] = _rate(BATCHES * BATCH, start)
+
+        count = await store.head_position()
+        while count < read_events:
+            await store.append(f"fill-{count % 7}", new(500))
+            count += 500
+
+        start, position, read = time.perf_counter(), 0, 0
+        while page := await store.read_all(after_position=position, limit=PAGE):
+            read += len(page)
+            position = page[-1].position
+        out["read_all"] = _rate(read, start)
+        out["read_all_events"] = read
+
+        start = time.perf_counter()
+        loaded = await store.load("fill-0")
+        out["load"] = _rate(len(loaded), start)
+        out["load_events"] = len(loaded)
+        await delete_nats_store(connection, "bench")
+    return out
+
+
+async def _trio_asyncio(url: str) -> dict[str, float]:
+    """nats-py on trio-asyncio's loop: one bridge crossing per call, as DESIGN measured."""
+    import nats
+    import orjson
+    import trio_asyncio
+
+    out: dict[str, float] = {}
+    async with trio_asyncio.open_loop():
+        nc = await trio_asyncio.aio_as_trio(nats.connect)(url)
+        stream = "TA_BENCH"
+        config = {"name": stream, "subjects": ["ta.>"], "storage": "file", "allow_atomic": True}
+        await trio_asyncio.aio_as_trio(nc.request)(
+            f"$JS.API.STREAM.CREATE.{stream}", orjson.dumps(config)
+        )
+        request = trio_asyncio.aio_as_trio(nc.request)
+        payload = TEXT.encode()
+        start = time.perf_counter()
+        for i in range(SINGLE):
+            await request(f"ta.s{i % 100}", payload, timeout=10, headers={"Nats-Msg-Id": str(i)})
+        out["single"] = _rate(SINGLE, start)
+        batch = trio_asyncio.aio_as_trio(_raw_batch)
+        start = time.perf_counter()
+        for b in range(BATCHES):
+            await batch(nc, f"ta.b{b}", BATCH)
+        out["batch"] = _rate(BATCHES * BATCH, start)
+        await request(f"$JS.API.STREAM.DELETE.{stream}", b"")
+        await trio_asyncio.aio_as_trio(nc.close)()
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--raw":
+        print(json.dumps(asyncio.run(_raw(sys.argv[2], int(sys.argv[3])))))
+        return
+    read_events = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+
+    import trio
+
+    from tests.servers import run_nats
+
+    with run_nats() as server:
+        raw_run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.nats_store_quick",
+                "--raw",
+                server.url,
+                str(read_events),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        raw = json.loads(raw_run.stdout)
+        store = trio.run(_store, server.url, read_events)
+        bridged = trio.run(_trio_asyncio, server.url)
+
+    rows = [
+        ("single-event appends, sequential", "single", "single", "single"),
+        (f"single-event appends, {TASKS} concurrent", "concurrent", "concurrent", None),
+        (f"{BATCH}-event atomic batch (events/s)", "batch", "batch", "batch"),
+        (
+            f"read_all, {store['read_all_events']:.0f} events (events/s)",
+            "read_all",
+            "read_direct",
+            None,
+        ),
+    ]
+    print(f"{'workload':46} {'store':>9} {'raw asyncio':>12} {'ratio':>6} {'trio-asyncio':>13}")
+    for label, mine, floor, other in rows:
+        ratio = store[mine] / raw[floor]
+        bridged_text = f"{bridged[other]:13.0f}" if other else f"{'':13}"
+        print(f"{label:46} {store[mine]:9.0f} {raw[floor]:12.0f} {ratio:6.2f} {bridged_text}")
+    label = f"load one stream of {store['load_events']:.0f} events (events/s)"
+    print(f"{label:46} {store['load']:9.0f}")
+    print(f"{'raw ordered consumer replay (events/s)':46} {'':9} {raw['read_ordered']:12.0f}")
+
+
+if __name__ == "__main__":
+    main()
