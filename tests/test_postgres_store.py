@@ -155,21 +155,23 @@ async def test_terminated_connection_fails_in_flight_call_and_pool_recovers(
 
 
 async def test_closing_the_store_cancels_its_waiting_query(pg: PgTarget) -> None:
-    """An append whose caller gave up stays with the writer; closing the store cancels
-    the writer's query on the server, so nothing is stored and the close is prompt."""
+    """Closing a store whose writer waits in PostgreSQL cancels the query on the server
+    (nothing is stored) and fails the waiting append with ClosedResourceError."""
+
+    async def outlived_append(store: PostgresStore[Any]) -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await store.append("victim", [NewEvent(Note("never"))])
+
     with trio.fail_after(60), _raw(pg) as late:
-        async with _store(pg, "closing") as store:
+        async with trio.open_nursery() as outer, _store(pg, "closing") as store:
             late.execute("BEGIN")
             await trio.to_thread.run_sync(
                 lambda: append_in_transaction(
                     late, CODEC, "blocker", [NewEvent(Note("x"))], schema=pg.schema
                 )
             )
-            with trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(store.append, "victim", [NewEvent(Note("never"))])
-                    await trio.to_thread.run_sync(_wait_for_backends, pg, "closing", "advisory", 1)
-                    scope.cancel()
+            outer.start_soon(outlived_append, store)
+            await trio.to_thread.run_sync(_wait_for_backends, pg, "closing", "advisory", 1)
         await trio.to_thread.run_sync(late.execute, "COMMIT")
         async with _store(pg, "after") as store:
             assert await store.load("victim") == []
@@ -320,7 +322,7 @@ async def test_wait_for_new_events_wakes_on_other_clients_and_after_reconnect(
                 await trio.testing.wait_all_tasks_blocked()
                 await appender.append("s", [NewEvent(Note("two"))])
 
-            await trio.to_thread.run_sync(_terminate, pg, _backend_pids(pg, "eskit-listen"))
+            await trio.to_thread.run_sync(_terminate, pg, _backend_pids(pg, "waiter-listen"))
             head = await waiter.head_position()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(waiter.wait_for_new_events, head)

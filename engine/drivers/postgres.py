@@ -167,12 +167,19 @@ class _Call:
             conn.cancel_safe(timeout=grace)
 
 
+def _readable_now(fd: int) -> bool:
+    if hasattr(select, "poll"):  # select() cannot take descriptors above 1023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
 def _looks_alive(conn: PgConnection) -> bool:
     if conn.closed or conn.broken:
         return False
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    if not poller.poll(0):
+    if not _readable_now(conn.fileno()):
         return True  # an idle healthy connection has nothing to say
     try:
         conn.execute("")  # unsolicited data: a notice, or the server hanging up
@@ -296,6 +303,7 @@ async def run_pg_listener(
     channel: str,
     on_notify: Callable[[str | None], None],
     *,
+    application_name: str = "eskit-listen",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """LISTEN on ``channel`` forever, calling ``on_notify`` for every notification.
@@ -308,6 +316,7 @@ async def run_pg_listener(
         dsn: Where to connect (a dedicated connection, not a pooled one).
         channel: The channel name (quoted as an identifier).
         on_notify: Called in the listener's task with each payload, or ``None``.
+        application_name: The connection's name in ``pg_stat_activity``.
         task_status: Started once the first LISTEN is active.
 
     Raises:
@@ -325,7 +334,7 @@ async def run_pg_listener(
         conn: PgConnection | None = None
         try:
             conn = await trio.to_thread.run_sync(
-                partial(psycopg.connect, dsn, autocommit=True, application_name="eskit-listen")
+                partial(psycopg.connect, dsn, autocommit=True, application_name=application_name)
             )
             await trio.to_thread.run_sync(conn.execute, listen)
             if not started:

@@ -280,6 +280,7 @@ class PostgresStore(Generic[E]):
     _read_pool: PgPool
     _queries: Queries
     _dsn: str
+    _name: str
     _nursery: trio.Nursery
     _requests: trio.MemorySendChannel[_AppendRequest]
     _known_head: int = 0
@@ -332,8 +333,10 @@ class PostgresStore(Generic[E]):
             # already taken it (then the append may still be stored).
             request.abandoned = True
         result = request.result
-        if isinstance(result, BaseException):
+        if isinstance(result, psycopg.Error):
             raise _translate(result) from result
+        if isinstance(result, BaseException):
+            raise result
         assert result is not None
         status, version, other, positions = result
         if status == STATUS_OK:
@@ -419,7 +422,13 @@ class PostgresStore(Generic[E]):
             if not self._listening:
                 try:
                     await self._nursery.start(
-                        run_pg_listener, self._dsn, self._queries.channel, self._on_notify
+                        partial(
+                            run_pg_listener,
+                            self._dsn,
+                            self._queries.channel,
+                            self._on_notify,
+                            application_name=f"{self._name}-listen",
+                        )
                     )
                 except psycopg.Error as exc:
                     raise _translate(exc) from exc
@@ -484,32 +493,51 @@ class PostgresStore(Generic[E]):
 
     async def _run_writer(self, receive: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
         pending: deque[_AppendRequest] = deque()
-        async with receive:
+        group: list[_AppendRequest] = []
+        try:
+            async with receive:
+                while True:
+                    if not pending:
+                        try:
+                            pending.append(await receive.receive())
+                        except trio.EndOfChannel:
+                            return
+                    while len(pending) < MAX_GROUP_REQUESTS:
+                        try:
+                            pending.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    group = _take_group(pending)
+                    if not group:
+                        continue
+                    results: Sequence[_Row | BaseException]
+                    try:
+                        results = await self._pool.run(partial(_write_group, self._queries, group))
+                    except Exception as exc:
+                        # Every append of the group fails alike; each appender raises it.
+                        results = [exc] * len(group)
+                    self._groups += 1
+                    self._appends += len(group)
+                    self._largest_group = max(self._largest_group, len(group))
+                    for request, result in zip(group, results, strict=True):
+                        request.result = result
+                        request.done.set()
+                    group = []
+        finally:
+            # Closing: appenders still waiting (in tasks that outlive the store) must not
+            # wait forever. A group cut off mid-call may or may not have been stored.
+            leftovers = [*group, *pending]
             while True:
-                if not pending:
-                    try:
-                        pending.append(await receive.receive())
-                    except trio.EndOfChannel:
-                        return
-                while len(pending) < MAX_GROUP_REQUESTS:
-                    try:
-                        pending.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                group = _take_group(pending)
-                if not group:
-                    continue
-                results: Sequence[_Row | BaseException]
                 try:
-                    results = await self._pool.run(partial(_write_group, self._queries, group))
-                except Exception as exc:
-                    # Every append of the group fails alike; each appender raises it.
-                    results = [exc] * len(group)
-                self._groups += 1
-                self._appends += len(group)
-                self._largest_group = max(self._largest_group, len(group))
-                for request, result in zip(group, results, strict=True):
-                    request.result = result
+                    leftovers.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            for request in leftovers:
+                if not request.done.is_set():
+                    request.result = trio.ClosedResourceError(
+                        "the PostgreSQL store closed before this append finished; "
+                        "it may or may not have been stored"
+                    )
                     request.done.set()
 
 
@@ -703,6 +731,7 @@ async def open_postgres_store(
                 read_pool=read_pool,
                 queries=queries,
                 dsn=dsn,
+                name=name,
                 nursery=nursery,
                 requests=send,
             )

@@ -347,13 +347,17 @@ def migrate(q: Queries, conn: PgConnection) -> int:
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [q.schema])
         if exists.fetchone() is None:
             conn.execute(_q("CREATE SCHEMA {s}", q.schema))
-        conn.execute(
-            _q(
-                "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
-                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-                q.schema,
+        # Check before creating: CREATE ... IF NOT EXISTS needs the CREATE privilege
+        # even when there is nothing to create.
+        table = _q("{s}.schema_migrations", q.schema).decode()
+        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,):
+            conn.execute(
+                _q(
+                    "CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())",
+                    q.schema,
+                )
             )
-        )
         row = conn.execute(
             _q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations", q.schema)
         ).fetchone()
