@@ -33,7 +33,12 @@ class LockRegistry(Protocol):
         """Wait until ``key`` is free, hold it for the ``async with`` block, then release it.
 
         If the lease is lost while held (a distributed registry whose TTL ran out), the
-        block is cancelled and :class:`~engine.errors.LockNotHeldError` is raised.
+        block is cancelled and :class:`~engine.errors.LockNotHeldError` is raised from the
+        ``async with`` (bare, never inside an exception group, so that holders can
+        ``except LockNotHeldError`` and wait for the lease again). The holder's work
+        is interrupted at its next checkpoint; anything it writes after the loss must
+        still be fenced (the lease's token, a compare-and-set checkpoint, an expected
+        version), because another holder may already be running.
         """
         ...
 
