@@ -241,6 +241,11 @@ class SqliteDatabase:
             trio.ClosedResourceError: The database is closing or closed.
             trio.BrokenResourceError: SQLite failed (disk full, I/O error, corruption...).
         """
+        # Acquiring yields even when a slot is free, and that yield matters: every
+        # runnable caller reaches it in one scheduler pass, and they queue together in
+        # the next one, so the writer wakes to a full batch. Queueing at once instead
+        # (acquire_nowait) spread the queueing over the callers' encoding work and
+        # doubled the transactions of 64 concurrent appenders (201 -> ~410).
         async with self._pending:
             job: _Job[T] = _Job(fn, trio.lowlevel.current_task(), checks_first)
             with self._lock:

@@ -250,8 +250,9 @@ class SqliteStore(Generic[E]):
         caller gets its own result or its own error.
         """
         encoded = encode_batch(self.codec, stream_id, events, max_event_bytes=self.max_event_bytes)
-        recorded_at = self.now()
-        micros = _to_micros(recorded_at)
+        micros = _to_micros(self.now())
+        # What a later read returns: the stored value has microsecond precision.
+        recorded_at = _EPOCH + micros * _MICROSECOND
 
         def job(conn: sqlite3.Connection) -> _Written | list[_Row]:
             if idempotency_key is not None:
@@ -481,8 +482,7 @@ class SqliteStore(Generic[E]):
             data=event.data,
             metadata=event.metadata,
             event_id=event.event_id,
-            # What a later read returns: the stored value has microsecond precision.
-            recorded_at=_EPOCH + _to_micros(recorded_at) * _MICROSECOND,
+            recorded_at=recorded_at,
         )
 
 
