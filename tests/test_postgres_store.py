@@ -332,24 +332,30 @@ async def test_wait_for_new_events_wakes_on_other_clients_and_after_reconnect(
 
 
 async def test_group_commit_gives_each_append_its_own_result(pg: PgTarget) -> None:
-    """Concurrent appends written in one group commit succeed or conflict one by one."""
+    """Concurrent appends written in one group commit succeed or conflict one by one, and
+    every append gets back exactly the versions and positions that were stored."""
     async with _store(pg, "group") as store:
-        results: dict[int, Any] = {}
+        results: dict[str, Any] = {}
 
-        async def append(n: int) -> None:
+        async def append(name: str, stream_id: str, size: int, **options: Any) -> None:
+            events = [NewEvent(Counted(len(results), i)) for i in range(size)]
             try:
-                results[n] = await store.append(
-                    "same", [NewEvent(Counted(n, 0))], expected_version=0
-                )
+                results[name] = await store.append(stream_id, events, **options)
             except ConcurrencyError as error:
-                results[n] = error
+                results[name] = error
 
         async with trio.open_nursery() as nursery:
             for n in range(8):
-                nursery.start_soon(append, n)
-            nursery.start_soon(store.append, "other", [NewEvent(Note("o"))])
+                nursery.start_soon(partial(append, f"race-{n}", "same", 1, expected_version=0))
+                nursery.start_soon(append, f"multi-{n}", f"multi-{n % 3}", 1 + n % 4)
+            nursery.start_soon(partial(append, "keyed", "k", 2, idempotency_key="key"))
+            nursery.start_soon(partial(append, "keyed-again", "k", 2, idempotency_key="key"))
         stats = store.statistics()
-    winners = [n for n, r in results.items() if not isinstance(r, ConcurrencyError)]
-    assert len(winners) == 1
-    assert all(r.actual == 1 for r in results.values() if isinstance(r, ConcurrencyError))
+        everything = await _drain(store, 0)
+    races = [r for name, r in results.items() if name.startswith("race")]
+    assert len([r for r in races if not isinstance(r, ConcurrencyError)]) == 1
+    assert all(r.actual == 1 for r in races if isinstance(r, ConcurrencyError))
+    assert results["keyed"] == results["keyed-again"]
+    stored = [e for r in results.values() if not isinstance(r, ConcurrencyError) for e in r]
+    assert sorted({e.event_id: e for e in stored}.values(), key=lambda e: e.position) == everything
     assert stats.largest_group > 1
