@@ -424,6 +424,13 @@ class SqliteStore(Generic[E]):
 
     # -- snapshots and introspection -------------------------------------------------
 
+    @property
+    def database(self) -> SqliteDatabase:
+        """The open database this store writes to, for work that must share its
+        transactions (a read model and its checkpoint committed together, a DCB store
+        in the same file)."""
+        return self._db
+
     def snapshots(self, state_type: type[S]) -> SqliteSnapshotStore[S]:
         """A :class:`~engine.stores.base.SnapshotStore` for states of ``state_type``,
         kept in this store's file and using its codec and connections."""
