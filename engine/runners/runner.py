@@ -169,10 +169,11 @@ class Runner(Generic[E]):
     The object is the runner's handle: it outlives restarts, so :meth:`statistics`
     (including ``restarts``) and :meth:`wait_caught_up` work across them. Start it with
     ``runner = await nursery.start(runner.run)``, or under a supervisor with
-    ``await nursery.start(run_supervised, runner.run)``.
+    ``await nursery.start(functools.partial(run_supervised, name=...), runner.run)``.
 
     Args:
-        name: The runner's name (its checkpoint name, and its lease key).
+        name: The runner's name (its lease key; the checkpoint name for automations,
+            ``<name>@<version>`` for projections).
         handler: An ``async def handle(event)``, a :class:`BatchProjection` or a
             :class:`TransactionalProjection`.
         store: Where the events are read.
@@ -614,6 +615,7 @@ class ProjectionRunner(Runner[E]):
             raise ValueError(f"version {version} of {self.name!r} is the live one")
         if self._rebuild is not None:
             raise RuntimeError(f"{self.name!r} is being rebuilt already")
+        self._check_lease()
         track = _Track(f"{self.name}@{version}", self._sink(handler))
         self._rebuild = track
         try:
@@ -624,8 +626,7 @@ class ProjectionRunner(Runner[E]):
             logger.info("rebuilding %r as %r", self.checkpoint_name, track.key)
             await self._rebuild_pass(track, progress)
             async with self._batch_lock:
-                if self.locks is not None and self._lease is None:
-                    raise LockNotHeldError(f"{self.lease_key!r} is held by another runner")
+                self._check_lease()
                 # The live loop is paused between batches: read the last events.
                 await self._rebuild_pass(track, progress)
                 self.handler, self.version, self._live = handler, version, track
@@ -634,6 +635,10 @@ class ProjectionRunner(Runner[E]):
             return track.checkpoint
         finally:
             self._rebuild = None
+
+    def _check_lease(self) -> None:
+        if self.locks is not None and self._lease is None:
+            raise LockNotHeldError(f"{self.lease_key!r} is held by another runner")
 
     async def _rebuild_pass(
         self, track: _Track[E], progress: Callable[[int, int], None] | None

@@ -115,9 +115,10 @@ async def run_supervised(
 ) -> None:
     """Run ``service``, restarting it when it fails, until it returns or is cancelled.
 
-    ``await nursery.start(run_supervised, service, name=...)`` returns the handle the
-    service's first successful start passed to ``task_status.started``; later runs'
-    handles are ignored (give services a handle that outlives runs, as runners do).
+    ``await nursery.start(functools.partial(run_supervised, name=...), service)``
+    returns the handle that the service's first successful start passed to
+    ``task_status.started``; later runs' handles are ignored (give services a handle
+    that outlives runs, as runners do).
 
     Args:
         service: ``async def service(*, task_status)``.

@@ -16,6 +16,7 @@ from engine import (
     CommandHandler,
     Decider,
     Event,
+    LockNotHeldError,
     MemoryCheckpointStore,
     MemoryLockRegistry,
     NewEvent,
@@ -430,7 +431,7 @@ async def test_one_active_runner_per_name_and_takeover_on_lease_loss() -> None:
             RunnerState.LIVE,
         )
         assert a.statistics().leases_lost == 1
-        with pytest.raises(Exception, match="held by another runner"):
+        with pytest.raises(LockNotHeldError, match="held by another runner"):
             await a.rebuild(Recorder(), version=2)
         nursery.cancel_scope.cancel()
     assert first.seen == [1, 2, 3]
