@@ -12,6 +12,7 @@ from engine.runners.base import (
     DeadLetter,
     DeadLetterStore,
     ErrorPolicy,
+    Handler,
     OnFailure,
     RunnerState,
     RunnerStatistics,
@@ -29,7 +30,6 @@ from engine.runners.memory import (
 from engine.runners.runner import (
     DEFAULT_RATE_WINDOW,
     AutomationRunner,
-    Handler,
     ProjectionRunner,
     Runner,
 )

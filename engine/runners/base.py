@@ -22,7 +22,7 @@ import enum
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import attrs
 
@@ -39,7 +39,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterStore",
     "ErrorPolicy",
-    "EventHandler",
+    "Handler",
     "OnFailure",
     "RunnerState",
     "RunnerStatistics",
@@ -104,6 +104,11 @@ class TransactionalProjection(Generic[E, T]):
 
     store: TransactionalStore[T]
     handle: TransactionalHandler[E, T]
+
+
+#: What a runner feeds: a per-event handler, a :class:`BatchProjection` or a
+#: :class:`TransactionalProjection`.
+Handler: TypeAlias = EventHandler[E] | BatchProjection[E] | TransactionalProjection[E, Any]
 
 
 class OnFailure(enum.Enum):

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Generic, Protocol, Self, TypeAlias, TypeVar
+from typing import Generic, Self, TypeVar
 
 import attrs
 import trio
@@ -23,30 +23,23 @@ from engine.bus.base import EventBus, Subscription
 from engine.errors import CheckpointConflictError, LockNotHeldError
 from engine.events import Event, utc_now
 from engine.locks.base import Lease, LockRegistry
-from engine.projection import EventHandler
 from engine.runners.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_POLL_INTERVAL,
-    BatchProjection,
     DeadLetter,
     DeadLetterStore,
     ErrorPolicy,
+    Handler,
     OnFailure,
     RunnerState,
     RunnerStatistics,
     RunnerStoppedError,
     StartAt,
-    TransactionalProjection,
 )
+from engine.runners.delivery import Sink, Track, make_sink
 from engine.stores.base import CheckpointStore, EventStore
 
-__all__ = [
-    "DEFAULT_RATE_WINDOW",
-    "AutomationRunner",
-    "Handler",
-    "ProjectionRunner",
-    "Runner",
-]
+__all__ = ["DEFAULT_RATE_WINDOW", "AutomationRunner", "ProjectionRunner", "Runner"]
 
 E = TypeVar("E")
 
@@ -61,101 +54,6 @@ _VISIBILITY_DELAY = 0.01
 _WAKEUP_BUFFER = 16
 #: The rate is counted in this many buckets per window (bounded memory at any rate).
 _RATE_BUCKETS = 64
-
-#: What a runner feeds: a per-event handler, a :class:`BatchProjection` or a
-#: :class:`TransactionalProjection`.
-Handler: TypeAlias = EventHandler[E] | BatchProjection[E] | TransactionalProjection[E, Any]
-
-
-class _Sink(Protocol[E]):
-    """How one handler shape applies events and keeps its checkpoint."""
-
-    #: Whether a whole batch is tried in one call before falling back to single events.
-    batched: bool
-
-    async def load(self, key: str) -> int | None: ...
-
-    async def save(self, key: str, position: int, *, expected: int | None) -> None: ...
-
-    async def apply(self, track: _Track[E], events: Sequence[Event[E]]) -> None: ...
-
-    async def skip(self, track: _Track[E], event: Event[E]) -> None: ...
-
-    async def finish(self, track: _Track[E]) -> None: ...
-
-
-@attrs.define(eq=False)
-class _Track(Generic[E]):
-    """One handler's progress under one checkpoint name."""
-
-    key: str
-    sink: _Sink[E]
-    # The position of the last event done with; may run ahead of ``stored`` inside a batch.
-    checkpoint: int = 0
-    # The value in the checkpoint store: the compare-and-set's expected value.
-    stored: int | None = None
-
-
-@attrs.define(eq=False)
-class _CheckpointedSink(Generic[E]):
-    """At-least-once: the handler runs, then the checkpoint is saved once per batch."""
-
-    handler: Handler[E]
-    checkpoints: CheckpointStore
-    batched: bool
-
-    async def load(self, key: str) -> int | None:
-        return await self.checkpoints.load_checkpoint(key)
-
-    async def save(self, key: str, position: int, *, expected: int | None) -> None:
-        await self.checkpoints.save_checkpoint(key, position, expected=expected)
-
-    async def apply(self, track: _Track[E], events: Sequence[Event[E]]) -> None:
-        if isinstance(self.handler, BatchProjection):
-            await self.handler.handle(events)
-        else:
-            assert callable(self.handler)
-            for event in events:
-                await self.handler(event)
-
-    async def skip(self, track: _Track[E], event: Event[E]) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def finish(self, track: _Track[E]) -> None:
-        if track.checkpoint != track.stored:
-            await self.save(track.key, track.checkpoint, expected=track.stored)
-            track.stored = track.checkpoint
-
-
-@attrs.define(eq=False)
-class _TransactionalSink(Generic[E]):
-    """Exactly-once: each batch's writes and checkpoint commit in one transaction."""
-
-    projection: TransactionalProjection[E, Any]
-    batched: bool = True
-
-    async def load(self, key: str) -> int | None:
-        async with self.projection.store.transaction() as transaction:
-            position: int | None = await transaction.load_checkpoint(key)
-        return position
-
-    async def save(self, key: str, position: int, *, expected: int | None) -> None:
-        async with self.projection.store.transaction() as transaction:
-            await transaction.save_checkpoint(key, position, expected=expected)
-
-    async def apply(self, track: _Track[E], events: Sequence[Event[E]]) -> None:
-        position = events[-1].position
-        async with self.projection.store.transaction() as transaction:
-            await self.projection.handle(events, transaction)
-            await transaction.save_checkpoint(track.key, position, expected=track.stored)
-        track.stored = position
-
-    async def skip(self, track: _Track[E], event: Event[E]) -> None:
-        await self.save(track.key, event.position, expected=track.stored)
-        track.stored = event.position
-
-    async def finish(self, track: _Track[E]) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 def _reason(exc: BaseException) -> str:
@@ -205,8 +103,8 @@ class Runner(Generic[E]):
     rate_window: float = DEFAULT_RATE_WINDOW
     now: Callable[[], dt.datetime] = utc_now
 
-    _live: _Track[E] = attrs.field(init=False)
-    _rebuild: _Track[E] | None = attrs.field(default=None, init=False)
+    _live: Track[E] = attrs.field(init=False)
+    _rebuild: Track[E] | None = attrs.field(default=None, init=False)
     _state: RunnerState = attrs.field(default=RunnerState.IDLE, init=False)
     _running: bool = attrs.field(default=False, init=False)
     _runs: int = attrs.field(default=0, init=False)
@@ -231,7 +129,7 @@ class Runner(Generic[E]):
             raise ValueError("poll_interval and rate_window must be > 0")
         if self.error_policy.on_failure is OnFailure.PARK and self.dead_letters is None:
             raise ValueError("an error policy that parks events needs a dead_letters store")
-        self._live = _Track(self.checkpoint_name, self._sink(self.handler))
+        self._live = Track(self.checkpoint_name, self._sink(self.handler))
 
     @property
     def checkpoint_name(self) -> str:
@@ -243,19 +141,8 @@ class Runner(Generic[E]):
         """The lock registry key this runner holds while active."""
         return f"runner/{self.name}"
 
-    def _sink(self, handler: Handler[E]) -> _Sink[E]:
-        if isinstance(handler, TransactionalProjection):
-            return _TransactionalSink(handler)
-        if self.checkpoints is None:
-            raise ValueError(
-                f"runner {self.name!r} needs a checkpoint store (only a "
-                "TransactionalProjection keeps its checkpoint itself)"
-            )
-        if isinstance(handler, BatchProjection):
-            return _CheckpointedSink(handler, self.checkpoints, batched=True)
-        if not callable(handler):
-            raise TypeError(f"not an event handler: {handler!r}")
-        return _CheckpointedSink(handler, self.checkpoints, batched=False)
+    def _sink(self, handler: Handler[E]) -> Sink[E]:
+        return make_sink(handler, self.checkpoints, self.name)
 
     # -- introspection -------------------------------------------------------------
 
@@ -382,7 +269,7 @@ class Runner(Generic[E]):
         async with self.bus.subscribe(buffer_size=_WAKEUP_BUFFER) as subscription:
             yield subscription
 
-    async def _open(self, track: _Track[E], *, start_at: StartAt) -> None:
+    async def _open(self, track: Track[E], *, start_at: StartAt) -> None:
         stored = await track.sink.load(track.key)
         if stored is None and start_at is StartAt.END:
             head = await self.store.head_position()
@@ -419,7 +306,7 @@ class Runner(Generic[E]):
             # Read the track under the lock: a rebuild may have switched it.
             return await self._step(self._live)
 
-    async def _step(self, track: _Track[E]) -> int:
+    async def _step(self, track: Track[E]) -> int:
         """Read and handle one batch after ``track``'s checkpoint; return its size."""
         batch = await self.store.read_all(after_position=track.checkpoint, limit=self.batch_size)
         if batch:
@@ -427,7 +314,7 @@ class Runner(Generic[E]):
             await self._process(track, batch)
         return len(batch)
 
-    async def _process(self, track: _Track[E], batch: Sequence[Event[E]]) -> None:
+    async def _process(self, track: Track[E], batch: Sequence[Event[E]]) -> None:
         sink = track.sink
         if sink.batched and len(batch) > 1:
             try:
@@ -450,12 +337,12 @@ class Runner(Generic[E]):
             await self._deliver(track, event)
         await self._finish(track)
 
-    async def _finish(self, track: _Track[E]) -> None:
+    async def _finish(self, track: Track[E]) -> None:
         await track.sink.finish(track)
         if track is self._live:
             self._notify()
 
-    async def _deliver(self, track: _Track[E], event: Event[E]) -> None:
+    async def _deliver(self, track: Track[E], event: Event[E]) -> None:
         policy = self.error_policy
         attempts = 0
         while True:
@@ -495,7 +382,7 @@ class Runner(Generic[E]):
                 break
         self._advance(track, event.position, 1)
 
-    async def _park(self, track: _Track[E], event: Event[E], attempts: int, reason: str) -> None:
+    async def _park(self, track: Track[E], event: Event[E], attempts: int, reason: str) -> None:
         assert self.dead_letters is not None
         logger.error(
             "runner %r: parking event at position %d after %d attempt(s): %s",
@@ -520,7 +407,7 @@ class Runner(Generic[E]):
         self._counts["parked"] += 1
         await track.sink.skip(track, event)
 
-    def _advance(self, track: _Track[E], position: int, count: int) -> None:
+    def _advance(self, track: Track[E], position: int, count: int) -> None:
         track.checkpoint = position
         self._counts["processed"] += count
         bucket = self._bucket(trio.current_time())
@@ -616,7 +503,7 @@ class ProjectionRunner(Runner[E]):
         if self._rebuild is not None:
             raise RuntimeError(f"{self.name!r} is being rebuilt already")
         self._check_lease()
-        track = _Track(f"{self.name}@{version}", self._sink(handler))
+        track = Track(f"{self.name}@{version}", self._sink(handler))
         self._rebuild = track
         try:
             stored = await track.sink.load(track.key)
@@ -641,7 +528,7 @@ class ProjectionRunner(Runner[E]):
             raise LockNotHeldError(f"{self.lease_key!r} is held by another runner")
 
     async def _rebuild_pass(
-        self, track: _Track[E], progress: Callable[[int, int], None] | None
+        self, track: Track[E], progress: Callable[[int, int], None] | None
     ) -> None:
         while True:
             count = await self._step(track)
