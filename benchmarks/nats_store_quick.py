@@ -49,6 +49,43 @@ async def _raw_batch(nc: Any, subject: str, count: int) -> bytes:
     return bytes(reply.data)
 
 
+async def _raw_read(nc: Any, stream: str, subject: str) -> int:
+    """Every message as bare payloads: batched direct gets on one long-lived inbox, as
+    the driver does (bytes only, nothing decoded)."""
+    import orjson
+
+    inbox = nc.new_inbox()
+    waiting: dict[str, tuple[asyncio.Future[Any], list[bytes]]] = {}
+
+    async def on_message(msg: Any) -> None:
+        end, got = waiting[msg.subject[len(inbox) + 1 :]]
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            end.set_result(msg)
+        else:
+            got.append(msg.data)
+
+    sub = await nc.subscribe(
+        f"{inbox}.*", cb=on_message, pending_msgs_limit=0, pending_bytes_limit=0
+    )
+    seq, read, token = 1, 0, 0
+    while True:
+        token += 1
+        end: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        got: list[bytes] = []
+        waiting[str(token)] = (end, got)
+        body = {"seq": seq, "batch": PAGE, "next_by_subj": subject, "no_hdr": True}
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(body), reply=f"{inbox}.{token}"
+        )
+        last = await end
+        if not got:
+            break
+        read += len(got)
+        seq = int(last.headers["Nats-Last-Sequence"]) + 1
+    await sub.unsubscribe()
+    return read
+
+
 async def _raw(url: str, read_events: int) -> dict[str, float]:
     import nats
     import orjson
@@ -91,33 +128,8 @@ async def _raw(url: str, read_events: int) -> dict[str, float]:
         await _raw_batch(nc, f"raw.f{count}", 500)
         count += 500
 
-    # Batched direct gets without headers on one long-lived inbox, as the driver does.
-    inbox = nc.new_inbox()
-    waiting: dict[str, tuple[asyncio.Future[Any], list[bytes]]] = {}
-
-    async def on_message(msg: Any) -> None:
-        end, got = waiting[msg.subject[len(inbox) + 1 :]]
-        if not msg.data and msg.headers and "Status" in msg.headers:
-            end.set_result(msg)
-        else:
-            got.append(msg.data)
-
-    await nc.subscribe(f"{inbox}.*", cb=on_message, pending_msgs_limit=0, pending_bytes_limit=0)
-    start, seq, read, token = time.perf_counter(), 1, 0, 0
-    while True:
-        token += 1
-        end: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        got: list[bytes] = []
-        waiting[str(token)] = (end, got)
-        body = {"seq": seq, "batch": PAGE, "next_by_subj": "raw.>", "no_hdr": True}
-        await nc.publish(
-            f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(body), reply=f"{inbox}.{token}"
-        )
-        last = await end
-        if not got:
-            break
-        read += len(got)
-        seq = int(last.headers["Nats-Last-Sequence"]) + 1
+    start = time.perf_counter()
+    read = await _raw_read(nc, stream, "raw.>")
     out["read_direct"] = _rate(read, start)
 
     from nats.js.api import DeliverPolicy
@@ -198,6 +210,18 @@ async def _store(url: str, read_events: int) -> dict[str, float]:
         out["read_all"] = _rate(read, start)
         out["read_all_events"] = read
 
+        # The driver alone: the same pages, bare payloads, nothing decoded.
+        start, sequence, read = time.perf_counter(), 1, 0
+        while True:
+            batch = await connection.direct_get_batch(
+                "bench_events", start=sequence, batch=PAGE, subject="bench.>", headers=False
+            )
+            if not batch.data:
+                break
+            read += len(batch.data)
+            sequence = batch.last_sequence + 1
+        out["read_direct"] = _rate(read, start)
+
         start = time.perf_counter()
         loaded = await store.load("fill-0")
         out["load"] = _rate(len(loaded), start)
@@ -206,17 +230,24 @@ async def _store(url: str, read_events: int) -> dict[str, float]:
     return out
 
 
-async def _trio_asyncio(url: str) -> dict[str, float]:
+async def _trio_asyncio(url: str, read_events: int) -> dict[str, float]:
     """nats-py on trio-asyncio's loop: one bridge crossing per call, as DESIGN measured."""
     import nats
     import orjson
+    import trio
     import trio_asyncio
 
     out: dict[str, float] = {}
     async with trio_asyncio.open_loop():
         nc = await trio_asyncio.aio_as_trio(nats.connect)(url)
         stream = "TA_BENCH"
-        config = {"name": stream, "subjects": ["ta.>"], "storage": "file", "allow_atomic": True}
+        config = {
+            "name": stream,
+            "subjects": ["ta.>"],
+            "storage": "file",
+            "allow_atomic": True,
+            "allow_direct": True,
+        }
         await trio_asyncio.aio_as_trio(nc.request)(
             f"$JS.API.STREAM.CREATE.{stream}", orjson.dumps(config)
         )
@@ -226,11 +257,30 @@ async def _trio_asyncio(url: str) -> dict[str, float]:
         for i in range(SINGLE):
             await request(f"ta.s{i % 100}", payload, timeout=10, headers={"Nats-Msg-Id": str(i)})
         out["single"] = _rate(SINGLE, start)
+
+        async def appender(t: int) -> None:
+            for n in range(PER_TASK):
+                await request(f"ta.c{t}", payload, timeout=10, headers={"Nats-Msg-Id": f"{t}-{n}"})
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for t in range(TASKS):
+                nursery.start_soon(appender, t)
+        out["concurrent"] = _rate(TASKS * PER_TASK, start)
         batch = trio_asyncio.aio_as_trio(_raw_batch)
         start = time.perf_counter()
         for b in range(BATCHES):
             await batch(nc, f"ta.b{b}", BATCH)
         out["batch"] = _rate(BATCHES * BATCH, start)
+        count = BATCHES * BATCH + SINGLE
+        while count < read_events:
+            await batch(nc, f"ta.f{count}", 500)
+            count += 500
+        # One bridge crossing per page, as the store does through its driver.
+        read_page = trio_asyncio.aio_as_trio(_raw_read)
+        start = time.perf_counter()
+        read = await read_page(nc, stream, "ta.>")
+        out["read_direct"] = _rate(read, start)
         await request(f"$JS.API.STREAM.DELETE.{stream}", b"")
         await trio_asyncio.aio_as_trio(nc.close)()
     return out
@@ -262,11 +312,11 @@ def main() -> None:
         )
         raw = json.loads(raw_run.stdout)
         store = trio.run(_store, server.url, read_events)
-        bridged = trio.run(_trio_asyncio, server.url)
+        bridged = trio.run(_trio_asyncio, server.url, read_events)
 
     rows = [
         ("single-event appends, sequential", "single", "single", "single"),
-        (f"single-event appends, {TASKS} concurrent", "concurrent", "concurrent", None),
+        (f"single-event appends, {TASKS} concurrent", "concurrent", "concurrent", "concurrent"),
         (f"{BATCH}-event atomic batch (events/s)", "batch", "batch", "batch"),
         (
             f"read_all, {store['read_all_events']:.0f} events (events/s)",
@@ -282,6 +332,12 @@ def main() -> None:
         print(f"{label:46} {store[mine]:9.0f} {raw[floor]:12.0f} {ratio:6.2f} {bridged_text}")
     label = f"load one stream of {store['load_events']:.0f} events (events/s)"
     print(f"{label:46} {store['load']:9.0f}")
+    label = "bare payloads via direct get (events/s)"
+    ratio = store["read_direct"] / raw["read_direct"]
+    print(
+        f"{label:46} {store['read_direct']:9.0f} {raw['read_direct']:12.0f} {ratio:6.2f}"
+        f" {bridged['read_direct']:13.0f}"
+    )
     print(f"{'raw ordered consumer replay (events/s)':46} {'':9} {raw['read_ordered']:12.0f}")
 
 
