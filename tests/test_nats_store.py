@@ -207,8 +207,9 @@ async def test_event_id_reused_on_another_stream_is_refused(
         pair = notes("x", "y")
         await store.append("s", [single])
         await store.append("s", pair)
-        with pytest.raises(IdempotencyConflictError):
+        with pytest.raises(IdempotencyConflictError) as info:
             await store.append("t", [single])
+        assert info.value.original_stream_id == "s"
         with pytest.raises(IdempotencyConflictError):
             await store.append("t", pair)
         assert await store.stream_version("t") == 0

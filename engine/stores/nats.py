@@ -298,9 +298,8 @@ class NatsStore(Generic[E]):
             if encoded and head.event_id == encoded[-1].event_id:
                 # Our own earlier attempt (a lost acknowledgement) got there.
                 return await self._already_stored(stream_id, encoded)
-            if isinstance(expected, int):
-                raise ConcurrencyError(stream_id, expected, head.version)
-            # ANY / STREAM_EXISTS: check again against the fresh head, and retry.
+            # Check again against the fresh head: an exact version now fails (unless
+            # only the cached sequence was stale); ANY / STREAM_EXISTS retry.
         raise ConcurrencyError(stream_id, expected, head.version if head else 0)
 
     def _head_hint(self, stream_id: str, expected: int | ExpectedVersion) -> _Head | None:
@@ -356,8 +355,9 @@ class NatsStore(Generic[E]):
         else:
             ack = await self._connection.publish_atomic(messages)
         if ack.duplicate:
-            # Only a single-event publish is deduplicated silently (batches refuse).
-            return await self._already_stored(stream_id, encoded)
+            # Only a single-event publish is deduplicated silently (batches refuse);
+            # the acknowledgement names the original's sequence.
+            return await self._stored_duplicate(stream_id, encoded[0], ack.sequence)
         first = ack.sequence - len(encoded) + 1
         if encoded:
             self._remember(
@@ -386,6 +386,17 @@ class NatsStore(Generic[E]):
         raise IdempotencyConflictError(
             f"event id {wanted[0]}", stream_id, "another stream or an earlier append"
         )
+
+    async def _stored_duplicate(
+        self, stream_id: str, event: EncodedNewEvent, sequence: int
+    ) -> list[Event[E]]:
+        message = await self._connection.direct_get(self._names.stream, sequence)
+        body = None if message is None else _body_decoder.decode(message.data)
+        if not isinstance(body, _EventBody) or body.event_id != event.event_id.bytes:
+            raise RuntimeError(f"JetStream reported a duplicate at {sequence}, but it is not")
+        if body.stream_id != stream_id:
+            raise IdempotencyConflictError(f"event id {event.event_id}", stream_id, body.stream_id)
+        return [self._decode(body, sequence)]
 
     def _event(
         self,
