@@ -1,0 +1,316 @@
+"""The HTTP ingress: a small ASGI app in front of the engine, served by hypercorn on Trio.
+
+Routes:
+
+* ``POST /commands/{plugin}/{command}`` with a JSON body ``{"stream_id": ..., "data":
+  {...}, "command_id": ...}`` (``stream_id`` optional when the plugin derives it).
+* ``GET /queries/{plugin}/{query}?name=value`` runs a plugin query.
+* ``GET /streams/{stream_id}?after=0&limit=100`` reads a stream's events.
+* ``GET /events?after=0&limit=100`` reads the global log.
+* ``GET /health/live``, ``GET /health/ready`` (ready = runners within their lag bound),
+  ``GET /runners``, ``GET /metrics`` (Prometheus text).
+
+Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with stable codes: 400
+malformed, 401 unauthorized, 404 unknown plugin/command/query/route, 405 method, 409
+conflict, 413 too large, 422 rejected by the domain, 500 anything else (logged, never
+crashing the server). With a token configured, every route but ``/health/live`` needs
+``Authorization: Bearer <token>``, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from engine.errors import (
+    CodecError,
+    ConcurrencyError,
+    DomainError,
+    EskitError,
+    EventTooLargeError,
+    IdempotencyConflictError,
+    InvalidStreamIdError,
+    UnknownCommandError,
+)
+
+__all__ = ["EngineApi", "HttpError", "HttpIngress", "serve_http", "status_for"]
+
+logger = logging.getLogger("eskit.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class EngineApi(Protocol):
+    """What the ingress needs from the engine."""
+
+    async def send_command(
+        self,
+        plugin: str,
+        command: str,
+        *,
+        stream_id: str | None,
+        data: Mapping[str, Any],
+        command_id: str | None,
+    ) -> Mapping[str, Any]: ...
+
+    async def run_query(self, plugin: str, query: str, params: Mapping[str, str]) -> Any: ...
+
+    async def read_stream(self, stream_id: str, *, after: int, limit: int) -> Any: ...
+
+    async def read_log(self, *, after: int, limit: int) -> Any: ...
+
+    def runners_status(self) -> Any: ...
+
+    def ready(self) -> tuple[bool, Any]: ...
+
+    def metrics_text(self) -> str: ...
+
+
+class HttpError(EskitError):
+    """An error with an HTTP status, raised by the ingress or by a plugin query."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = code
+        self.message = message
+
+
+_STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (EventTooLargeError, 413),
+    (ConcurrencyError, 409),
+    (IdempotencyConflictError, 409),
+    (DomainError, 422),
+    (InvalidStreamIdError, 400),
+    (CodecError, 400),
+    (UnknownCommandError, 404),
+)
+
+
+def status_for(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and stable code of an engine error."""
+    if isinstance(error, HttpError):
+        return error.status, error.error_code
+    for cls, status in _STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status, getattr(error, "code", "error")
+    return 500, "internal_error"
+
+
+_MAX_LIMIT = 1000
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, *, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_parameter", f"{name} must be an integer") from None
+    if not 0 <= value <= high:
+        raise HttpError(400, "bad_parameter", f"{name} must be between 0 and {high}")
+    return value
+
+
+@attrs.define
+class HttpIngress:
+    """The ASGI application.
+
+    Args:
+        engine: What commands and queries go to.
+        token: When non-empty, the bearer token every request (but liveness) must carry.
+        max_body_bytes: Larger request bodies get 413 without being read in full.
+    """
+
+    engine: EngineApi
+    token: str = attrs.field(default="", repr=False)
+    max_body_bytes: int = 1024 * 1024
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, content_type = await self._dispatch(scope, receive)
+        except Exception as error:
+            status, code = status_for(error)
+            if status >= 500:
+                logger.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+                message = "internal error (see the engine log)"
+            else:
+                message = getattr(error, "message", None) or str(error)
+            body = _json({"error": {"code": code, "message": message}})
+            content_type = b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self.token:
+            return True
+        expected = b"Bearer " + self.token.encode()
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                return hmac.compare_digest(bytes(value), expected)
+        return False
+
+    async def _dispatch(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        method = scope["method"]
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        parts = [
+            urllib.parse.unquote(p) for p in raw_path.decode("latin-1").split("?")[0].split("/")[1:]
+        ]
+        params = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if parts == ["health", "live"]:
+            return 200, _json({"status": "live"}), b"application/json"
+        if not self._authorized(scope):
+            raise HttpError(401, "unauthorized", "a valid bearer token is required")
+        engine = self.engine
+        match parts:
+            case ["commands", plugin, command]:
+                _require(method, "POST")
+                body = await self._read_json(scope, receive)
+                stream_id = body.get("stream_id")
+                command_id = body.get("command_id")
+                data = body.get("data", {})
+                if stream_id is not None and not isinstance(stream_id, str):
+                    raise HttpError(400, "bad_request", "stream_id must be a string")
+                if command_id is not None and not isinstance(command_id, str):
+                    raise HttpError(400, "bad_request", "command_id must be a string")
+                if not isinstance(data, dict):
+                    raise HttpError(400, "bad_request", "data must be a JSON object")
+                result = await engine.send_command(
+                    plugin, command, stream_id=stream_id, data=data, command_id=command_id
+                )
+                return 200, _json(result), b"application/json"
+            case ["queries", plugin, query]:
+                _require(method, "GET")
+                return (
+                    200,
+                    _json(await engine.run_query(plugin, query, params)),
+                    b"application/json",
+                )
+            case ["streams", stream_id]:
+                _require(method, "GET")
+                after = _int_param(params, "after", 0, high=2**62)
+                limit = _int_param(params, "limit", 100, high=_MAX_LIMIT)
+                events = await engine.read_stream(stream_id, after=after, limit=limit)
+                return 200, _json(events), b"application/json"
+            case ["events"]:
+                _require(method, "GET")
+                after = _int_param(params, "after", 0, high=2**62)
+                limit = _int_param(params, "limit", 100, high=_MAX_LIMIT)
+                return (
+                    200,
+                    _json(await engine.read_log(after=after, limit=limit)),
+                    b"application/json",
+                )
+            case ["health", "ready"]:
+                _require(method, "GET")
+                ready, details = engine.ready()
+                payload = {"status": "ready" if ready else "not ready", "runners": details}
+                return (200 if ready else 503), _json(payload), b"application/json"
+            case ["runners"]:
+                _require(method, "GET")
+                return 200, _json(engine.runners_status()), b"application/json"
+            case ["metrics"]:
+                _require(method, "GET")
+                return 200, engine.metrics_text().encode(), b"text/plain; version=0.0.4"
+        raise HttpError(404, "not_found", f"no route for {method} {scope['path']}")
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise HttpError(400, "bad_request", "invalid content-length") from None
+                if declared > self.max_body_bytes:
+                    raise HttpError(413, "too_large", f"body over {self.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "bad_request", "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise HttpError(413, "too_large", f"body over {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            body = json.loads(b"".join(chunks) or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "bad_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", "the body must be a JSON object")
+        return body
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise HttpError(405, "method_not_allowed", f"use {expected}")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+async def serve_http(
+    app: HttpIngress,
+    host: str,
+    port: int,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with hypercorn's Trio worker until cancelled or ``shutdown_trigger``.
+
+    Calls ``task_status.started(binds)`` with the bound URLs once the socket listens
+    (``port=0`` picks a free port; the URL says which).
+    """
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("eskit.http.server")
+    config.graceful_timeout = 5.0
+    config.h11_max_incomplete_size = 64 * 1024
+    # hypercorn types the app with its own TypedDicts; ours takes the same dicts untyped.
+    asgi_app: Any = app
+    await serve(asgi_app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
