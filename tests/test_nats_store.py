@@ -3,6 +3,7 @@ stream's layout, and surviving a dropped client connection (real nats-server).""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -352,3 +353,13 @@ async def test_odd_checkpoint_and_snapshot_names(
         await snapshots.save_snapshot(Snapshot("a.*", 1, Tally(1)))
         assert await snapshots.load_snapshot("a.b") is None
         assert await snapshots.load_snapshot("a.*") == Snapshot("a.*", 1, Tally(1))
+
+
+async def test_unreachable_server_is_a_connection_error() -> None:
+    """Opening the driver against a port nobody listens on fails with ConnectionError."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        with pytest.raises(ConnectionError, match="cannot connect"):
+            async with open_nats(f"nats://127.0.0.1:{port}", connect_timeout=0.5):
+                pass

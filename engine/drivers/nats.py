@@ -4,7 +4,7 @@ nats-py is an asyncio library. It runs here on a private asyncio loop in one sid
 that :func:`open_nats` starts and joins; Trio code hands it whole *jobs* (one JetStream
 publish, one atomic batch, one batched direct get) and waits for the result without
 blocking the Trio loop. Measured on the 2-core dev VM against trio-asyncio (see
-``benchmarks/nats_store.py`` and DESIGN.md): the side loop keeps nats-py at its plain
+``benchmarks/nats_store_quick.py`` and DESIGN.md): the side loop keeps nats-py at its plain
 asyncio speed, while nats-py's per-message paths run several times slower on
 trio-asyncio's loop. The price is one cross-thread wake-up each way per job, so adapters
 cross once per batch, never once per event.
@@ -589,14 +589,15 @@ async def open_nats(
         **options: Passed to ``nats.connect`` as they are.
 
     Resource handling:
-        One daemonless side thread runs a private asyncio loop (built directly, so an
-        asyncio policy installed by trio-asyncio does not apply to it). On exit the
-        client is closed and the thread joined, each within :data:`CLOSE_GRACE`
-        seconds, shielded from cancellation.
+        One side thread runs a private asyncio loop (built directly, so an asyncio
+        policy installed by trio-asyncio does not apply to it). On exit the client is
+        closed and the thread joined, each within :data:`CLOSE_GRACE` seconds,
+        shielded from cancellation. The thread is a daemon only so that a join that
+        timed out cannot hang the interpreter's exit.
 
     Error handling:
-        A failed initial connection raises :class:`ConnectionError` (or
-        :class:`TimeoutError`).
+        A failed initial connection (refused, or not made within ``connect_timeout``)
+        raises :class:`ConnectionError`.
     """
     loop = asyncio.SelectorEventLoop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="eskit-nats", daemon=True)
@@ -618,5 +619,6 @@ async def open_nats(
         with trio.move_on_after(CLOSE_GRACE, shield=True):
             await connection._submit(connection._close())
         loop.call_soon_threadsafe(loop.stop)
-        with trio.move_on_after(CLOSE_GRACE, shield=True):
-            await trio.to_thread.run_sync(thread.join)
+        with trio.CancelScope(shield=True):
+            # A worker thread cannot be cancelled: bound the join itself.
+            await trio.to_thread.run_sync(thread.join, CLOSE_GRACE)
