@@ -358,3 +358,18 @@ async def test_job_that_breaks_its_promise_fails_alone(tmp_path: Path) -> None:
     assert isinstance(results["liar"], ValueError)
     assert sorted(_query(path, "SELECT x FROM t")) == [("a",), ("b",)]
     assert after.writes - before.writes == 3
+
+
+async def test_store_runs_and_closes_on_the_autojump_clock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On Trio's autojump clock (as runner tests use) appends work and close joins the writer."""
+    path = tmp_path / "events.db"
+    async with open_sqlite_store(path, contract_codec()) as store:
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(store.append, f"s-{i % 3}", _notes(str(i)))
+        head = await store.head_position()
+    assert head == 20
+    assert _query(path, "SELECT count(*) FROM events") == [(20,)]
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

@@ -321,13 +321,11 @@ class SqliteDatabase:
                 self._give_up = True
                 self._queue_closed = True
                 self._queue.put(_Stop())
-            # An fsync cannot be interrupted, a lock wait gives up within one slice.
-            with trio.move_on_after(busy_slice * 10 + 5):
-                await self._stopped.wait()
         if self._thread is not None:
-            if self._stopped.is_set():
-                self._thread.join()
-            else:
+            # Joined in real time, not Trio's (an autojump clock would skip the wait):
+            # a lock wait gives up within one slice, an fsync in progress must finish.
+            await trio.to_thread.run_sync(self._thread.join, busy_slice * 10 + 5)
+            if self._thread.is_alive():
                 logger.error("the SQLite writer thread of %s did not stop; left running", self.path)
         readers = list(self._readers)
         self._readers.clear()
