@@ -326,19 +326,26 @@ async def test_closed_driver_refuses_work(nats: NatsTarget) -> None:
         await store.append("s", notes("late"))
 
 
-async def test_load_across_pages(connection: NatsConnection, nats: NatsTarget) -> None:
-    """Loading a stream longer than one read page honours after_version and limit."""
+async def test_load_across_pages_and_after_snapshots(
+    connection: NatsConnection, nats: NatsTarget
+) -> None:
+    """Loading a long stream interleaved with others honours after_version and limit,
+    whether it scans from the start or seeks far into the stream."""
     async with store_on(connection, nats) as store:
-        await store.append("long", [NewEvent(Counted(0, n)) for n in range(MAX_ATOMIC_EVENTS)])
-        await store.append("other", notes("between"))
-        await store.append("long", [NewEvent(Counted(1, n)) for n in range(501)])
+        n = 0
+        for size in (MAX_ATOMIC_EVENTS, 1, 7, 300, 1, 1, 190):
+            await store.append("long", [NewEvent(Counted(0, n + i)) for i in range(size)])
+            await store.append(f"other-{size}", notes("between", "and"))
+            n += size
         everything = await store.load("long")
-        window = await store.load("long", after_version=998, limit=5)
-        tail = await store.load("long", after_version=1400)
-    assert [e.version for e in everything] == list(range(1, 1501))
-    assert [e.version for e in window] == [999, 1000, 1001, 1002, 1003]
-    assert [e.data for e in window[:2]] == [Counted(0, 998), Counted(1, 0)]
-    assert [e.version for e in tail] == list(range(1401, 1501))
+        assert [e.data.n for e in everything] == list(range(n))
+        assert [e.version for e in everything] == list(range(1, n + 1))
+        for after in (0, 5, 255, 256, 257, 998, 999, 1000, 1007, 1300, n - 1, n, n + 5):
+            assert await store.load("long", after_version=after) == everything[after:]
+            assert (
+                await store.load("long", after_version=after, limit=3)
+                == everything[after : after + 3]
+            )
 
 
 async def test_odd_checkpoint_and_snapshot_names(

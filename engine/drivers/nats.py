@@ -380,7 +380,6 @@ class NatsConnection:
                 inferred by the caller (see :attr:`DirectBatch.last_sequence`).
             max_bytes: Stop once this many bytes were sent.
         """
-        wait = self._timeout
         body: dict[str, Any] = {
             "seq": max(start, 1),
             "batch": batch,
@@ -389,6 +388,25 @@ class NatsConnection:
         }
         if not headers:
             body["no_hdr"] = True
+        return await self._direct_batch(stream, body, headers=headers)
+
+    async def direct_get_last_before(
+        self, stream: str, subject: str, sequence: int
+    ) -> StoredMsg | None:
+        """The last message on ``subject`` at or before ``sequence``, or ``None``."""
+        body = {"multi_last": [subject], "up_to_seq": sequence, "batch": 1}
+        batch = await self._direct_batch(stream, body, headers=True)
+        if not batch.data:
+            return None
+        assert batch.headers is not None
+        headers = batch.headers[0]
+        return StoredMsg(headers[_SUBJECT], int(headers[_SEQUENCE]), batch.data[0], headers)
+
+    async def _direct_batch(
+        self, stream: str, body: Mapping[str, Any], *, headers: bool
+    ) -> DirectBatch:
+        """One batched direct get: the replies stream to the shared inbox until EOB."""
+        wait = self._timeout
         request = orjson.dumps(body)
 
         async def job(client: Client) -> tuple[list[Msg], Msg]:

@@ -94,6 +94,10 @@ MAX_ATOMIC_EVENTS = 999
 HEAD_CACHE_SIZE = 10_000
 #: Messages per direct-get request while loading a stream.
 LOAD_PAGE = 1000
+#: From this ``after_version`` on, ``load`` seeks the first event instead of scanning.
+SEEK_AFTER_VERSION = 256
+#: Probes a seek may take before it settles for a longer scan.
+MAX_SEEK_PROBES = 64
 #: Seconds JetStream remembers event ids (``Nats-Msg-Id``), its own default.
 DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
@@ -458,24 +462,37 @@ class NatsStore(Generic[E]):
     async def load(
         self, stream_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> list[Event[E]]:
-        """The stream's events with a version above ``after_version``, in order."""
+        """The stream's events with a version above ``after_version``, in order.
+
+        Far into a stream (``after_version`` of :data:`SEEK_AFTER_VERSION` or more, as
+        after a snapshot) the first wanted event is found by a few probes instead of
+        reading every event before it.
+        """
         validate_stream_id(stream_id)
         subject = self._names.events + stream_subject_token(stream_id)
+        start, to_skip = 1, max(after_version, 0)
+        if after_version >= SEEK_AFTER_VERSION:
+            found = await self._seek(stream_id, subject, after_version + 1)
+            if found is None:
+                return []
+            start, to_skip = found, 0
         out: list[Event[E]] = []
-        start, seen = 1, 0
         while limit is None or len(out) < limit:
-            # Versions are 1, 2, 3... in sequence order: the first after_version + limit
+            # Versions are 1, 2, 3... in sequence order: the next to_skip + wanted
             # messages of the subject hold everything asked for.
-            size = LOAD_PAGE if limit is None else min(LOAD_PAGE, after_version + limit - seen)
+            size = LOAD_PAGE if limit is None else min(LOAD_PAGE, to_skip + limit - len(out))
             batch = await self._connection.direct_get_batch(
                 self._names.stream, start=start, batch=max(size, 1), subject=subject
             )
             assert batch.headers is not None
-            seen += len(batch.data)
             for data, headers in zip(batch.data, batch.headers, strict=True):
                 body = _body_decoder.decode(data)
-                if isinstance(body, _EventBody) and body.version > after_version:
+                if not isinstance(body, _EventBody):
+                    continue
+                if body.version > after_version:
                     out.append(self._decode(body, int(headers["Nats-Sequence"])))
+                else:
+                    to_skip -= 1
             if not batch.data or batch.num_pending == 0:
                 break
             start = batch.last_sequence + 1
@@ -484,6 +501,38 @@ class NatsStore(Generic[E]):
             if limit is None or len(out) < limit:
                 self._remember(stream_id, _Head(last.version, last.position, last.event_id))
         return out if limit is None else out[:limit]
+
+    async def _seek(self, stream_id: str, subject: str, version: int) -> int | None:
+        """The sequence of the stream's event ``version`` (``None`` if it has none yet).
+
+        Probes "the last event at or before sequence q", which tells the version there:
+        interpolation between what is known, every other probe a bisection so that the
+        number of probes stays logarithmic in the length of the log.
+        """
+        head = await self._fetch_head(stream_id)
+        if head.version < version:
+            return None
+        # Every sequence <= low holds a version < version; high holds high_version.
+        low, low_version, high, high_version = 0, 0, head.sequence, head.version
+        for probe in range(MAX_SEEK_PROBES):
+            if high_version == version or high - low <= 1:
+                return high
+            if probe % 2:
+                guess = (low + high) // 2
+            else:
+                span = (version - low_version) * (high - low) // (high_version - low_version)
+                guess = low + span
+            guess = min(max(guess, low + 1), high - 1)
+            found = await self._connection.direct_get_last_before(
+                self._names.stream, subject, guess
+            )
+            body = None if found is None else _body_decoder.decode(found.data)
+            found_version = body.version if isinstance(body, _EventBody) else 0
+            if found is None or found_version < version:
+                low, low_version = guess, found_version
+            else:
+                high, high_version = found.sequence, found_version
+        return low + 1  # a scan from here is still right, only longer
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 when it has no events)."""
