@@ -135,13 +135,15 @@ class DirectBatch:
         headers: Each message's headers (with ``Nats-Sequence``), or ``None`` when the
             batch was read without headers.
         last_sequence: The stream sequence of the last message sent (0 if none).
-        num_pending: Matching messages left in the stream after this batch.
+        num_pending: Matching messages left in the stream after this batch, or
+            ``None`` for a batch read without headers (nats-server 2.15 then reports
+            the count from before the batch).
     """
 
     data: list[bytes]
     headers: list[Mapping[str, str]] | None
     last_sequence: int
-    num_pending: int
+    num_pending: int | None
 
 
 @attrs.frozen
@@ -434,7 +436,7 @@ class NatsConnection:
             data=[msg.data for msg in messages],
             headers=[msg.headers or {} for msg in messages] if headers else None,
             last_sequence=int(end.headers.get(_LAST_SEQUENCE, 0)),
-            num_pending=int(end.headers.get(_NUM_PENDING, 0)),
+            num_pending=int(end.headers.get(_NUM_PENDING, 0)) if headers else None,
         )
 
     # -- asyncio side -----------------------------------------------------------------

@@ -570,26 +570,26 @@ class NatsStore(Generic[E]):
             raise ValueError(f"limit must be >= 1, got {limit}")
         start = max(after_position, 0) + 1
         while True:
-            events, last, pending = await self._read_page(start, limit)
+            events, last = await self._read_page(start, limit)
             # A page of key records only: read on, or a follower would stop early.
-            if events or last == 0 or pending == 0:
+            if events or last == 0:
                 return events
             start = last + 1
 
     async def _read_range(self, start: int, count: int) -> list[Event[E]]:
-        events, _, _ = await self._read_page(start, count)
+        events, _ = await self._read_page(start, count)
         return events
 
-    async def _read_page(self, start: int, limit: int) -> tuple[list[Event[E]], int, int]:
-        """Events from sequence ``start`` on (at most ``limit`` messages), the last
-        sequence read and how many messages are left."""
+    async def _read_page(self, start: int, limit: int) -> tuple[list[Event[E]], int]:
+        """Events from sequence ``start`` on (at most ``limit`` messages) and the last
+        sequence read (0 when there was nothing)."""
         connection, stream = self._connection, self._names.stream
         everything = self._names.namespace + ".>"
         batch = await connection.direct_get_batch(
             stream, start=start, batch=limit, subject=everything, headers=False
         )
         if not batch.data:
-            return [], 0, 0
+            return [], 0
         if batch.last_sequence - start + 1 == len(batch.data):
             sequences: Sequence[int] = range(start, batch.last_sequence + 1)
         else:
@@ -604,7 +604,7 @@ class NatsStore(Generic[E]):
             body = _body_decoder.decode(data)
             if isinstance(body, _EventBody):
                 events.append(self._decode(body, sequence))
-        return events, batch.last_sequence, batch.num_pending
+        return events, batch.last_sequence
 
     async def head_position(self) -> int:
         """The position of the newest event (0 for an empty store)."""
