@@ -251,17 +251,22 @@ class NatsStore(Generic[E]):
                 f"a NATS append writes at most {MAX_ATOMIC_EVENTS} events atomically, "
                 f"got {len(encoded)}"
             )
-        if idempotency_key is not None:
-            known = await self._find_key(idempotency_key)
-            if known is not None:
-                return await self._replay_key(idempotency_key, stream_id, *known)
-        elif not encoded:
+        if idempotency_key is None and not encoded:
             if expected_version is not ExpectedVersion.ANY:
                 head = await self._fetch_head(stream_id)
                 check_expected_version(stream_id, expected_version, head.version)
             return []
         try:
             return await self._append_checked(stream_id, encoded, expected_version, idempotency_key)
+        except ConcurrencyError:
+            # A repeated key wins over the version check, as in every store: it is
+            # looked up only now, so that a first use of a key costs no extra request.
+            if idempotency_key is None:
+                raise
+            known = await self._find_key(idempotency_key)
+            if known is None:
+                raise
+            return await self._replay_key(idempotency_key, stream_id, *known)
         except JetStreamApiError as exc:
             raise _translate_api_error(exc) from exc
 
