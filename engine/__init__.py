@@ -19,6 +19,7 @@ from engine.errors import (
     IdempotencyConflictError,
     InvalidStreamIdError,
     LockNotHeldError,
+    NotFoundError,
     PluginError,
     RetriesExhaustedError,
     UnknownCommandError,
@@ -35,6 +36,13 @@ from engine.handler import (
 from engine.locks.base import Lease, LockRegistry
 from engine.locks.memory import MemoryLockRegistry
 from engine.middleware import logging_middleware, profiler_middleware, single_writer_middleware
+from engine.plugin import (
+    CommandBinding,
+    Plugin,
+    ProjectionContext,
+    ProjectionDefinition,
+    ProjectionSetup,
+)
 from engine.projection import EventProjector, ViewProjection
 from engine.reactor import CommandSender, Reactor, ReactorRegistry
 from engine.router import CommandRouter
@@ -51,6 +59,7 @@ __all__ = [
     "CheckpointStore",
     "Codec",
     "CodecError",
+    "CommandBinding",
     "CommandContext",
     "CommandHandler",
     "CommandResult",
@@ -80,7 +89,12 @@ __all__ = [
     "MemorySnapshotStore",
     "MemoryStore",
     "NewEvent",
+    "NotFoundError",
+    "Plugin",
     "PluginError",
+    "ProjectionContext",
+    "ProjectionDefinition",
+    "ProjectionSetup",
     "Reactor",
     "ReactorRegistry",
     "RetriesExhaustedError",

@@ -20,9 +20,10 @@ import base64
 import datetime as dt
 import decimal
 import json
+import typing
 import uuid
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 import cattrs
@@ -40,6 +41,7 @@ __all__ = [
     "EventRegistry",
     "Format",
     "Upcaster",
+    "explain_structure_error",
     "make_converter",
 ]
 
@@ -104,14 +106,18 @@ ORJSON: Format = _OrjsonFormat()
 MSGPACK: Format = _MsgpackFormat()
 
 
-def make_converter() -> cattrs.Converter:
+def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     """Build a cattrs converter whose unstructured form is plain JSON types.
 
     UUIDs, datetimes, dates and decimals become strings, bytes become base64 text,
     enums their values, tuples and sets lists. Each call returns a new converter; the
     global cattrs converter is never touched.
+
+    Args:
+        forbid_extra_keys: Refuse unknown keys when structuring (for input from outside,
+            such as commands over HTTP; stored events allow them, for forward compatibility).
     """
-    converter = cattrs.Converter(forbid_extra_keys=False)
+    converter = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
     converter.register_unstructure_hook(uuid.UUID, str)
     converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(str(value)))
     converter.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
@@ -354,7 +360,7 @@ class Codec(Generic[E]):
         try:
             return self._conv.structure(raw, current.cls)
         except Exception as exc:
-            details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
+            details = "; ".join(explain_structure_error(exc)) if _is_cattrs(exc) else repr(exc)
             raise CodecError(f"cannot decode stored event {type_name!r}: {details}") from exc
 
     def _probe(self, cls: type, type_name: str, data: bytes) -> Any:
@@ -396,8 +402,51 @@ class Codec(Generic[E]):
         try:
             return self._conv.structure(self.format.loads(data), cls)
         except Exception as exc:
-            details = "; ".join(cattrs.transform_error(exc)) if _is_cattrs(exc) else repr(exc)
+            details = "; ".join(explain_structure_error(exc)) if _is_cattrs(exc) else repr(exc)
             raise CodecError(f"cannot decode {cls.__qualname__}: {details}") from exc
+
+
+def _format_problem(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return "unknown key(s) " + ", ".join(sorted(exc.extra_fields))
+    if typing.get_origin(type_) is Literal:
+        choices = ", ".join(str(choice) for choice in typing.get_args(type_))
+        value = str(exc).split(" not in literal", 1)[0]
+        return f"must be one of {choices} (got {value!r})"
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    if attrs.has(type_):
+        return "expected a table of keys"
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _describe(message: str) -> tuple[str, str]:
+    # cattrs says "<problem> @ $.http.port"; we say "http.port: <problem>".
+    detail, _, path = message.rpartition(" @ $")
+    path = path.lstrip(".")
+    if not detail:
+        return "", message
+    field, sep, rest = detail.partition(": ")
+    if sep and field.isidentifier():
+        # A validator's "name: problem" completes the path to the key.
+        path, detail = (f"{path}.{field}" if path else field), rest
+    return path, detail
+
+
+def explain_structure_error(exc: BaseException, *, path: str = "") -> list[str]:
+    """One ``key.path: problem`` line per problem of a cattrs structuring error.
+
+    Validator and hook messages (``ValueError``) are kept as they are; unknown keys,
+    literals and wrong types are said plainly.
+    """
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return [f"{path}: {exc}" if path else str(exc)]
+    lines = []
+    for message in cattrs.transform_error(exc, path="$", format_exception=_format_problem):
+        where, detail = _describe(message)
+        full = ".".join(part for part in (path, where) if part)
+        lines.append(f"{full}: {detail}" if full else detail)
+    return lines
 
 
 def _is_cattrs(exc: Exception) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "IdempotencyConflictError",
     "InvalidStreamIdError",
     "LockNotHeldError",
+    "NotFoundError",
     "PluginError",
     "RetriesExhaustedError",
     "UnknownCommandError",
@@ -177,6 +178,12 @@ class UnknownCommandError(EskitError, LookupError):
     """No handler is routed for a command's class."""
 
     code = "unknown_command"
+
+
+class NotFoundError(EskitError, LookupError):
+    """A query found nothing for what was asked (HTTP 404)."""
+
+    code = "not_found"
 
 
 class LockNotHeldError(EskitError):

@@ -179,10 +179,8 @@ class CommandHandler(Generic[S, C, E]):
     snapshot_every: int = 0
     snapshot_schema: int = 1
     projector: Any = None
-    middleware: list[Middleware] = attrs.field(factory=list, converter=list)
-    after_append: list[Callable[[list[Event[E]]], Awaitable[None]]] = attrs.field(
-        factory=list, converter=list
-    )
+    middleware: list[Middleware] = attrs.field(factory=list)
+    after_append: list[Callable[[Sequence[Event[E]]], Awaitable[None]]] = attrs.field(factory=list)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_base: float = DEFAULT_BACKOFF_BASE
     backoff_max: float = DEFAULT_BACKOFF_MAX
@@ -192,6 +190,9 @@ class CommandHandler(Generic[S, C, E]):
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
 
     def __attrs_post_init__(self) -> None:
+        # Own copies, so that use() never changes a list the caller still holds.
+        self.middleware = list(self.middleware)
+        self.after_append = list(self.after_append)
         self._cache = StateCache(self.cache_size)
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from engine.codec import explain_structure_error
 from engine.errors import ConfigError
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
@@ -138,10 +138,12 @@ class HttpConfig:
 
 @attrs.frozen(kw_only=True)
 class PluginsConfig:
-    """``[plugins]``: which installed plugins run, and extra folders to import them from."""
+    """``[plugins]``: which installed plugins run (``None`` = all), extra folders to import
+    them from, and plugins named directly as ``module:attribute``."""
 
     enabled: tuple[str, ...] | None = None
     paths: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -239,33 +241,6 @@ def _converter() -> cattrs.Converter:
     return converter
 
 
-def _format_problem(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return "unknown key(s) " + ", ".join(sorted(exc.extra_fields))
-    if typing.get_origin(type_) is Literal:
-        choices = ", ".join(str(choice) for choice in typing.get_args(type_))
-        value = str(exc).split(" not in literal", 1)[0]
-        return f"must be one of {choices} (got {value!r})"
-    if isinstance(exc, ValueError) and str(exc):
-        return str(exc)
-    if attrs.has(type_):
-        return "expected a table of keys"
-    return cattrs.v.format_exception(exc, type_)
-
-
-def _describe(message: str) -> str:
-    # cattrs says "<problem> @ $.http.port"; we say "http.port: <problem>".
-    detail, _, path = message.rpartition(" @ $")
-    path = path.lstrip(".")
-    if not detail:
-        return message
-    field, sep, rest = detail.partition(": ")
-    if sep and field.isidentifier() and " " not in field:
-        # A validator's "name: problem" completes the path to the key.
-        path, detail = (f"{path}.{field}" if path else field), rest
-    return f"{path}: {detail}" if path else detail
-
-
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     sections: dict[str, dict[str, str]] = {}
     for key, value in environ.items():
@@ -299,8 +274,7 @@ def parse_config(
     try:
         config = _converter().structure(merged, Config)
     except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="$", format_exception=_format_problem)
-        problems = "; ".join(_describe(m) for m in messages)
+        problems = "; ".join(explain_structure_error(exc))
         raise ConfigError(f"config error in {source}: {problems}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config error in {source}: {exc}") from None

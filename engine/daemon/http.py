@@ -4,7 +4,8 @@ Routes:
 
 * ``POST /commands/{plugin}/{command}`` with a JSON body ``{"stream_id": ..., "data":
   {...}, "command_id": ...}`` (``stream_id`` optional when the plugin derives it).
-* ``GET /queries/{plugin}/{query}?name=value`` runs a plugin query.
+* ``GET /queries/{plugin}/{query}?name=value`` runs a plugin query; add
+  ``wait_for_position=P`` (a position a command returned) to read your own writes.
 * ``GET /streams/{stream_id}?after=0&limit=100`` reads a stream's events.
 * ``GET /events?after=0&limit=100`` reads the global log.
 * ``GET /health/live``, ``GET /health/ready`` (ready = runners within their lag bound),
@@ -12,7 +13,8 @@ Routes:
 
 Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with stable codes: 400
 malformed, 401 unauthorized, 404 unknown plugin/command/query/route, 405 method, 409
-conflict, 413 too large, 422 rejected by the domain, 500 anything else (logged, never
+conflict, 413 too large, 422 rejected by the domain, 503 not caught up in time,
+500 anything else (logged, never
 crashing the server). With a token configured, every route but ``/health/live`` needs
 ``Authorization: Bearer <token>``, compared in constant time.
 """
@@ -37,6 +39,7 @@ from engine.errors import (
     EventTooLargeError,
     IdempotencyConflictError,
     InvalidStreamIdError,
+    NotFoundError,
     UnknownCommandError,
 )
 
@@ -94,6 +97,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidStreamIdError, 400),
     (CodecError, 400),
     (UnknownCommandError, 404),
+    (NotFoundError, 404),
 )
 
 

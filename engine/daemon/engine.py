@@ -1,0 +1,470 @@
+"""The engine: one Trio nursery hosting the store, bus, locks, runners and HTTP ingress.
+
+``async with open_engine(config) as engine:`` opens the store, loads the plugins, builds a
+command handler per decider, starts a supervised runner per projection and automation,
+then the HTTP server. Leaving the block shuts down in reverse order: the ingress stops
+taking requests, the runners are cancelled (their checkpoints make that safe), the store
+closes.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import trio
+
+from engine.bus.channel import ChannelEventBus
+from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, make_converter
+from engine.daemon.config import Config
+from engine.daemon.http import HttpError, HttpIngress, serve_http
+from engine.daemon.plugins import load_plugins
+from engine.errors import CodecError, DuplicateEventTypeError, PluginError
+from engine.events import Event
+from engine.handler import CommandHandler
+from engine.locks.memory import MemoryLockRegistry
+from engine.plugin import CommandBinding, Plugin, ProjectionContext, ProjectionSetup, Query
+from engine.reactor import ReactorRegistry
+from engine.router import CommandRouter
+from engine.runners.base import ErrorPolicy, OnFailure, RunnerState
+from engine.runners.memory import MemoryDeadLetterStore
+from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
+from engine.runners.supervisor import run_supervised
+from engine.stores.memory import MemoryCheckpointStore, MemoryStore
+
+__all__ = ["STORE_BACKENDS", "Engine", "open_engine", "open_store_from_config"]
+
+logger = logging.getLogger("eskit.engine")
+
+#: How long a query with ``wait_for_position`` waits for its read model (seconds).
+READ_YOUR_WRITES_TIMEOUT = 5.0
+
+
+@asynccontextmanager
+async def _open_memory(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+    yield MemoryStore(codec, max_event_bytes=config.store.max_event_bytes)
+
+
+@asynccontextmanager
+async def _open_sqlite(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+    from engine.stores.sqlite import open_sqlite_store
+
+    path = config.data_path(config.store.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with open_sqlite_store(
+        path,
+        codec,
+        synchronous=config.store.synchronous,
+        max_event_bytes=config.store.max_event_bytes,
+    ) as store:
+        yield store
+
+
+@asynccontextmanager
+async def _open_postgres(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+    from engine.stores.postgres import open_postgres_store
+
+    async with open_postgres_store(
+        config.store.dsn,
+        codec,
+        schema=config.store.schema,
+        max_event_bytes=config.store.max_event_bytes,
+        max_pool_size=config.store.pool_size,
+        read_dsn=config.store.read_dsn or None,
+        name=f"eskit-{config.engine.node_id}",
+    ) as store:
+        yield store
+
+
+@asynccontextmanager
+async def _open_nats(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+    from engine.stores.nats import open_nats_store
+
+    async with open_nats_store(
+        config.nats.url,
+        codec,
+        namespace=config.store.namespace,
+        max_event_bytes=config.store.max_event_bytes,
+    ) as store:
+        yield store
+
+
+#: ``store.backend`` -> how to open it (STYLE: a table of factories, no string magic).
+STORE_BACKENDS: Mapping[str, Callable[[Config, Codec[Any]], AbstractAsyncContextManager[Any]]] = {
+    "memory": _open_memory,
+    "sqlite": _open_sqlite,
+    "postgres": _open_postgres,
+    "nats": _open_nats,
+}
+
+
+def open_store_from_config(config: Config, codec: Codec[Any]) -> AbstractAsyncContextManager[Any]:
+    """Open the event store the config names (also used by the CLI's offline commands)."""
+    return STORE_BACKENDS[config.store.backend](config, codec)
+
+
+def merged_registry(plugins: Sequence[Plugin]) -> EventRegistry:
+    """One registry holding every plugin's event types.
+
+    Raises:
+        PluginError: Two plugins register the same type name (or class).
+    """
+    registry = EventRegistry()
+    owners: dict[str, str] = {}
+    for plugin in plugins:
+        for name in plugin.events.names():
+            if name in owners:
+                raise PluginError(
+                    f"plugins {owners[name]!r} and {plugin.name!r} both register the event "
+                    f"type {name!r}"
+                )
+            owners[name] = plugin.name
+            try:
+                registry.register(
+                    plugin.events.class_for(name), name=name, version=plugin.events.version_of(name)
+                )
+            except DuplicateEventTypeError as exc:
+                raise PluginError(f"plugin {plugin.name!r}: {exc}") from exc
+        for key, step in plugin.events._upcasters.items():
+            registry.add_upcaster(key[0], key[1], step[0], rename_to=step[1])
+    return registry
+
+
+def _error_policy(config: Config) -> ErrorPolicy:
+    policy = config.runners.error_policy
+    if policy == "stop":
+        return ErrorPolicy(retries=0, on_failure=OnFailure.STOP)
+    on_failure = OnFailure.PARK if policy == "retry-then-park" else OnFailure.STOP
+    return ErrorPolicy(retries=config.runners.max_retries, on_failure=on_failure)
+
+
+@attrs.define(eq=False)
+class _Command:
+    cls: type
+    binding: CommandBinding
+    handler: CommandHandler[Any, Any, Any]
+
+
+@attrs.define(eq=False)
+class _LoadedPlugin:
+    plugin: Plugin
+    commands: dict[str, _Command] = attrs.field(factory=dict)
+    queries: dict[str, Query] = attrs.field(factory=dict)
+    # query name -> the runner whose read model answers it (read-your-writes waits on it)
+    query_runners: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class Engine:
+    """A running engine (what :func:`open_engine` yields). Implements the HTTP ingress's
+    :class:`~engine.daemon.http.EngineApi`."""
+
+    config: Config
+    store: Any
+    codec: Codec[Any]
+    bus: ChannelEventBus[Any]
+    router: CommandRouter
+    plugins: dict[str, _LoadedPlugin]
+    runners: dict[str, Runner[Any]] = attrs.field(factory=dict)
+    http_urls: list[str] = attrs.field(factory=list)
+    _commands_converter: cattrs.Converter = attrs.field(
+        factory=lambda: make_converter(forbid_extra_keys=True)
+    )
+
+    # -- commands and queries ---------------------------------------------------------
+
+    async def send_command(
+        self,
+        plugin: str,
+        command: str,
+        *,
+        stream_id: str | None,
+        data: Mapping[str, Any],
+        command_id: str | None,
+    ) -> dict[str, Any]:
+        """Structure ``data`` into the named command, handle it, and describe the result."""
+        loaded = self._plugin(plugin)
+        entry = loaded.commands.get(command)
+        if entry is None:
+            known = ", ".join(sorted(loaded.commands)) or "none"
+            raise HttpError(
+                404,
+                "unknown_command",
+                f"plugin {plugin!r} has no command {command!r} (has: {known})",
+            )
+        try:
+            value: Any = self._commands_converter.structure(dict(data), entry.cls)
+        except Exception as exc:
+            details = "; ".join(explain_structure_error(exc, path="data"))
+            raise CodecError(f"invalid {command} command: {details}") from None
+        if stream_id is None:
+            if entry.binding.stream_id is None:
+                raise HttpError(400, "stream_id_required", f"{command} needs a stream_id")
+            stream_id = entry.binding.stream_id(value)
+        result = await entry.handler.handle(stream_id, value, command_id=command_id)
+        return {
+            "stream_id": stream_id,
+            "version": result.version,
+            "duplicate": result.duplicate,
+            "state": self._plain(result.state),
+            "events": [self.event_json(event) for event in result.events],
+        }
+
+    async def run_query(self, plugin: str, query: str, params: Mapping[str, str]) -> Any:
+        """Run a plugin's named query.
+
+        With the parameter ``wait_for_position=P`` (a position a command returned), the
+        query first waits until its read model has handled position P: read-your-writes.
+        It waits at most ``READ_YOUR_WRITES_TIMEOUT`` seconds, then answers 503.
+        """
+        loaded = self._plugin(plugin)
+        func = loaded.queries.get(query)
+        if func is None:
+            known = ", ".join(sorted(loaded.queries)) or "none"
+            raise HttpError(
+                404, "unknown_query", f"plugin {plugin!r} has no query {query!r} (has: {known})"
+            )
+        params = dict(params)
+        wanted = params.pop("wait_for_position", None)
+        runner_name = loaded.query_runners.get(query)
+        if wanted is not None and runner_name is not None:
+            try:
+                position = int(wanted)
+            except ValueError:
+                raise HttpError(
+                    400, "bad_parameter", "wait_for_position must be an integer"
+                ) from None
+            with trio.move_on_after(READ_YOUR_WRITES_TIMEOUT) as waited:
+                await self.runners[runner_name].wait_caught_up(position)
+            if waited.cancelled_caught:
+                raise HttpError(
+                    503, "not_caught_up", f"{runner_name} has not reached position {position} yet"
+                )
+        return self._plain(await func(params))
+
+    async def read_stream(self, stream_id: str, *, after: int, limit: int) -> dict[str, Any]:
+        """A page of one stream's events, as JSON-ready dicts."""
+        events = await self.store.load(stream_id, after_version=after, limit=limit)
+        return {"stream_id": stream_id, "events": [self.event_json(e) for e in events]}
+
+    async def read_log(self, *, after: int, limit: int) -> dict[str, Any]:
+        """A page of the global log, as JSON-ready dicts."""
+        events = await self.store.read_all(after_position=after, limit=max(limit, 1))
+        head = await self.store.head_position()
+        return {"head": head, "events": [self.event_json(e) for e in events]}
+
+    # -- status -----------------------------------------------------------------------
+
+    def runners_status(self) -> dict[str, Any]:
+        """Every runner's statistics, JSON-ready."""
+        return {name: self._plain(runner.statistics()) for name, runner in self.runners.items()}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every runner runs (or stands by) and lags at most ``runners.ready_lag``."""
+        details = {}
+        ready = True
+        for name, runner in self.runners.items():
+            stats = runner.statistics()
+            ok = stats.state in (
+                RunnerState.LIVE,
+                RunnerState.CATCHING_UP,
+                RunnerState.STANDBY,
+            ) and (stats.lag <= self.config.runners.ready_lag)
+            ready = ready and ok
+            details[name] = {"ready": ok, "state": stats.state.value, "lag": stats.lag}
+        return ready, details
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition text of the engine's counters and gauges."""
+        lines = [
+            "# HELP eskit_commands_total Commands handled, by plugin and command.",
+            "# TYPE eskit_commands_total counter",
+        ]
+        conflicts = [
+            "# HELP eskit_command_conflicts_total Appends retried after a concurrency conflict.",
+            "# TYPE eskit_command_conflicts_total counter",
+        ]
+        seen: set[int] = set()
+        for plugin_name, loaded in sorted(self.plugins.items()):
+            for entry in loaded.commands.values():
+                if id(entry.handler) in seen:
+                    continue
+                seen.add(id(entry.handler))
+                stats = entry.handler.statistics()
+                label = f'plugin="{plugin_name}",decider="{len(seen)}"'
+                lines.append(f"eskit_commands_total{{{label}}} {stats.handled}")
+                conflicts.append(f"eskit_command_conflicts_total{{{label}}} {stats.conflicts}")
+        lines += conflicts
+        for metric, help_text in (
+            ("checkpoint", "Position of the last event the runner is done with."),
+            ("head", "Highest stored position the runner knows of."),
+            ("lag", "Events the runner has yet to handle."),
+            ("parked", "Events the runner parked as dead letters."),
+            ("restarts", "Times the runner was restarted."),
+        ):
+            lines.append(f"# HELP eskit_runner_{metric} {help_text}")
+            lines.append(f"# TYPE eskit_runner_{metric} gauge")
+            for name, runner in sorted(self.runners.items()):
+                value = getattr(runner.statistics(), metric)
+                lines.append(f'eskit_runner_{metric}{{runner="{name}"}} {value}')
+        return "\n".join(lines) + "\n"
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def event_json(self, event: Event[Any]) -> dict[str, Any]:
+        """A stored event as a JSON-ready dict."""
+        return {
+            "stream_id": event.stream_id,
+            "version": event.version,
+            "position": event.position,
+            "type": event.type,
+            "data": self._plain(event.data),
+            "metadata": dict(event.metadata),
+            "event_id": str(event.event_id),
+            "recorded_at": event.recorded_at.isoformat(),
+        }
+
+    def _plain(self, value: Any) -> Any:
+        return self.codec._conv.unstructure(value)
+
+    def _plugin(self, name: str) -> _LoadedPlugin:
+        loaded = self.plugins.get(name)
+        if loaded is None:
+            known = ", ".join(sorted(self.plugins)) or "none"
+            raise HttpError(404, "unknown_plugin", f"no plugin {name!r} (loaded: {known})")
+        return loaded
+
+
+async def _setup(
+    definition_setup: Callable[[ProjectionContext], Any], context: ProjectionContext
+) -> ProjectionSetup:
+    setup = definition_setup(context)
+    if inspect.isawaitable(setup):
+        setup = await setup
+    if not isinstance(setup, ProjectionSetup):
+        raise PluginError(
+            f"a projection setup returned {type(setup).__qualname__}, not ProjectionSetup"
+        )
+    return setup
+
+
+@asynccontextmanager
+async def open_engine(
+    config: Config, *, plugins: Sequence[Plugin] | None = None
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the ``async with`` block.
+
+    Args:
+        config: The configuration (``Config()`` is the embedded default).
+        plugins: The plugins to run; by default those the config selects from the
+            installed ``eskit.plugins`` entry points (plus ``plugins.modules``).
+
+    Resource handling:
+        The store opens first and closes last; runners run under the supervisor in a
+        nursery owned by this context manager; the HTTP server runs in an inner nursery
+        that is cancelled first on the way out.
+
+    Error handling:
+        A plugin that fails to load raises :class:`~engine.errors.PluginError` before
+        anything starts. A runner that fails more often than its restart policy allows
+        raises :class:`~engine.runners.supervisor.ServiceFailedError` out of the block.
+    """
+    if plugins is None:
+        plugins = load_plugins(
+            config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+        )
+    codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
+    data_dir = Path(config.engine.data_dir)
+    async with open_store_from_config(config, codec) as store:
+        bus: ChannelEventBus[Any] = ChannelEventBus()
+        locks = MemoryLockRegistry(config.engine.node_id)
+        dead_letters = MemoryDeadLetterStore()
+        router = CommandRouter()
+        engine = Engine(config, store, codec, bus, router, {})
+        for plugin in plugins:
+            loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
+            for binding in plugin.commands:
+                state_types = {type(binding.decider.initial_state())}
+                snapshots = None
+                if binding.snapshot_every and hasattr(store, "snapshots"):
+                    snapshots = store.snapshots(state_types.pop())
+                handler: CommandHandler[Any, Any, Any] = CommandHandler(
+                    decider=binding.decider,
+                    store=store,
+                    snapshots=snapshots,
+                    snapshot_every=binding.snapshot_every if snapshots is not None else 0,
+                    after_append=[bus.publish],
+                )
+                router.route_decider(handler)
+                for name, cls in binding.command_names().items():
+                    loaded.commands[name] = _Command(cls, binding, handler)
+            engine.plugins[plugin.name] = loaded
+
+        context = ProjectionContext(
+            store=store,
+            data_dir=data_dir,
+            node_id=config.engine.node_id,
+            transactional=getattr(store, "transactional", None),
+        )
+        common = {
+            "store": store,
+            "bus": bus,
+            "dead_letters": dead_letters,
+            "error_policy": _error_policy(config),
+            "batch_size": config.runners.batch_size,
+            "poll_interval": config.runners.poll_interval,
+        }
+        for plugin in plugins:
+            loaded = engine.plugins[plugin.name]
+            for definition in plugin.projections:
+                setup = await _setup(definition.setup, context)
+                for query_name, query in setup.queries.items():
+                    if query_name in loaded.queries:
+                        raise PluginError(
+                            f"plugin {plugin.name!r}: two queries named {query_name!r}"
+                        )
+                    loaded.queries[query_name] = query
+                    loaded.query_runners[query_name] = f"{plugin.name}.{definition.name}"
+                name = f"{plugin.name}.{definition.name}"
+                engine.runners[name] = ProjectionRunner(
+                    name=name,
+                    handler=setup.handler,
+                    version=definition.version,
+                    # An in-memory read model starts empty, so it must start from the
+                    # beginning: its checkpoint lives in memory too. Only a durable read
+                    # model may resume from a stored checkpoint (under a lease).
+                    checkpoints=store if setup.durable else MemoryCheckpointStore(),
+                    locks=locks if setup.durable else None,
+                    **common,
+                )
+            for reactor_name, reactor in plugin.reactors.items():
+                registry: ReactorRegistry[Any] = ReactorRegistry(router)
+                registry.register(f"{plugin.name}.{reactor_name}", reactor)
+                name = f"{plugin.name}.{reactor_name}"
+                engine.runners[name] = AutomationRunner(
+                    name=name, handler=registry.handle, checkpoints=store, locks=locks, **common
+                )
+
+        async with trio.open_nursery() as runners:
+            for name, runner in engine.runners.items():
+                await runners.start(functools.partial(run_supervised, name=name), runner.run)
+            async with trio.open_nursery() as ingress:
+                if config.http.enabled:
+                    app = HttpIngress(
+                        engine, token=config.http.token, max_body_bytes=config.http.max_body_bytes
+                    )
+                    engine.http_urls = await ingress.start(
+                        serve_http, app, config.http.host, config.http.port
+                    )
+                try:
+                    yield engine
+                finally:
+                    ingress.cancel_scope.cancel()
+            runners.cancel_scope.cancel()

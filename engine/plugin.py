@@ -1,0 +1,155 @@
+"""What a plugin declares: its events, its deciders and commands, read models, automations.
+
+A plugin is a plain value. Publish it under the ``eskit.plugins`` entry-point group::
+
+    [project.entry-points."eskit.plugins"]
+    bank = "eskit_bank.plugin:plugin"
+
+and the engine loads it (or name it in the config as ``module:attribute``). Nothing in a
+plugin knows which store, bus or node it runs on: the same plugin runs on every tier.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from engine.codec import EventRegistry
+from engine.decider import Decider
+from engine.reactor import Reactor
+from engine.stores.base import EventStore
+
+__all__ = [
+    "CommandBinding",
+    "Plugin",
+    "ProjectionContext",
+    "ProjectionDefinition",
+    "ProjectionSetup",
+    "Query",
+]
+
+#: ``async def query(params) -> JSON-able value``; params are the URL's query parameters.
+Query = Callable[[Mapping[str, str]], Awaitable[Any]]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _check_name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{attribute.name} {value!r} must be lowercase letters, digits, '-' or '_', "
+            "starting with a letter (at most 63 characters)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class CommandBinding:
+    """A decider and how the engine finds the stream of each of its commands.
+
+    Args:
+        decider: Must declare ``command_types`` (each becomes an HTTP command, by class name).
+        stream_id: ``stream_id(command) -> str``, when the stream follows from the command;
+            otherwise the request names the stream.
+        snapshot_every: Save a state snapshot every N events of a stream (0 = never).
+        names: Override the HTTP names of command classes (default: the class name).
+    """
+
+    decider: Decider[Any, Any, Any]
+    stream_id: Callable[[Any], str] | None = None
+    snapshot_every: int = 0
+    names: Mapping[type, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.decider.command_types:
+            raise ValueError("a plugin's decider must declare its command_types")
+
+    def command_names(self) -> dict[str, type]:
+        """HTTP name -> command class."""
+        return {self.names.get(cls, cls.__name__): cls for cls in self.decider.command_types}
+
+
+@attrs.frozen(kw_only=True)
+class ProjectionContext:
+    """What a projection gets to set itself up.
+
+    Attributes:
+        store: The engine's event store (read-only use: the runner feeds the events).
+        data_dir: The engine's data folder, for read models kept in files.
+        node_id: This node's id.
+        transactional: The engine's store as a transactional store when its backend can
+            commit a read model with the checkpoint (SQL backends), else ``None``.
+    """
+
+    store: EventStore[Any]
+    data_dir: Path
+    node_id: str
+    transactional: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class ProjectionSetup:
+    """A projection as set up by its plugin.
+
+    Attributes:
+        handler: What the runner feeds (an ``async def handle(event)``, a
+            :class:`~engine.runners.base.BatchProjection` or a
+            :class:`~engine.runners.base.TransactionalProjection`).
+        queries: Named queries answering from this read model.
+        durable: True when the read model survives a restart (a database table); then the
+            runner's checkpoint is saved in the store. An in-memory read model is not
+            durable: it is rebuilt from the start of the log on every start, and its
+            checkpoint is kept in memory so that it is never skipped ahead.
+    """
+
+    handler: Any
+    queries: Mapping[str, Query] = attrs.field(factory=dict)
+    durable: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ProjectionDefinition:
+    """A named read model: ``setup(context)`` builds it when the engine starts."""
+
+    name: str = attrs.field(validator=_check_name)
+    setup: Callable[[ProjectionContext], ProjectionSetup | Awaitable[ProjectionSetup]]
+    version: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Plugin:
+    """A domain plugin.
+
+    Args:
+        name: The plugin's name in URLs and config (lowercase).
+        events: The registry of its event types (names must not clash with other plugins').
+        commands: Its deciders, each with its command routing.
+        projections: Its read models.
+        reactors: Its automations, by name.
+        queries: Queries that need no projection of their own.
+        description: One line for ``eskit plugins``.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    events: EventRegistry
+    commands: Sequence[CommandBinding] = ()
+    projections: Sequence[ProjectionDefinition] = ()
+    reactors: Mapping[str, Reactor[Any]] = attrs.field(factory=dict)
+    queries: Mapping[str, Query] = attrs.field(factory=dict)
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        seen: dict[str, type] = {}
+        for binding in self.commands:
+            for name, cls in binding.command_names().items():
+                if name in seen:
+                    raise ValueError(f"plugin {self.name!r}: two commands are named {name!r}")
+                seen[name] = cls
+        names = [p.name for p in self.projections]
+        if len(names) != len(set(names)):
+            raise ValueError(f"plugin {self.name!r}: projection names must be unique")
+        for reactor_name in self.reactors:
+            _check_name(None, attrs.fields(ProjectionDefinition).name, reactor_name)

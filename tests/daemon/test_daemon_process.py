@@ -1,0 +1,139 @@
+"""The daemon as a user runs it: a subprocess with a config file, HTTP, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from tests.daemon.test_engine import http
+from tests.servers import free_port
+
+
+async def start_daemon(config: Path) -> tuple[trio.Process, str]:
+    """Start ``eskit run`` and wait for its "ready" line; return the process and base URL."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "engine", "run", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    output = b""
+    with trio.fail_after(60):
+        while b"ready (stop" not in output:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"daemon exited early:\n{output.decode()}")
+            output += chunk
+    url = next(
+        line.split("http:", 1)[1].strip()
+        for line in output.decode().splitlines()
+        if line.strip().startswith("http:")
+    )
+    return proc, url
+
+
+async def stop_daemon(proc: trio.Process) -> tuple[int, str]:
+    """SIGTERM, then wait for the exit (bounded) and return its code and remaining output."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout is not None
+    output = b""
+    with trio.fail_after(20):
+        while chunk := await proc.stdout.receive_some(4096):
+            output += chunk
+        code = await proc.wait()
+    return code, output.decode()
+
+
+async def test_run_send_stop_restart(tmp_path: Path) -> None:
+    """Commands over HTTP reach the projection; SIGTERM exits 0; a restart finds the state."""
+    port = free_port()
+    config = tmp_path / "eskit.toml"
+    config.write_text(
+        f"""
+[engine]
+node_id = "proc-test"
+data_dir = "{tmp_path / "data"}"
+grace_period = 5
+
+[http]
+port = {port}
+"""
+    )
+    proc, url = await start_daemon(config)
+    position = 0
+    try:
+        for command, data in [
+            ("OpenAccount", {"initial_balance": 100}),
+            ("Deposit", {"amount": 50}),
+            ("Withdraw", {"amount": 30}),
+        ]:
+            status, body = await http(
+                f"{url}/commands/bank/{command}",
+                method="POST",
+                body={"stream_id": "acc-7", "data": data},
+            )
+            assert status == 200, body
+            position = body["events"][-1]["position"]
+        status, body = await http(
+            f"{url}/queries/bank/balance?account=acc-7&wait_for_position={position}"
+        )
+        assert (status, body) == (200, {"account": "acc-7", "balance": 120})
+    finally:
+        code, output = await stop_daemon(proc)
+    assert code == 0, output
+    assert "received SIGTERM" in output
+    assert "stopped" in output
+
+    proc, url = await start_daemon(config)
+    try:
+        status, body = await http(
+            f"{url}/queries/bank/balance?account=acc-7&wait_for_position={position}"
+        )
+        assert body == {"account": "acc-7", "balance": 120}
+        status, stream = await http(f"{url}/streams/acc-7")
+        assert [e["version"] for e in stream["events"]] == [1, 2, 3]
+    finally:
+        code, output = await stop_daemon(proc)
+    assert code == 0, output
+
+
+def test_malformed_config_exits_with_one_line(tmp_path: Path) -> None:
+    """A bad config exits non-zero with one line that names the key."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[http]\nport = 'eighty'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    for command in ("run", "check-config"):
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", command, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert "http.port" in lines[0]
+
+
+def test_cli_version_and_plugins() -> None:
+    """``eskit --version`` and ``eskit plugins`` work."""
+    version = subprocess.run(
+        [sys.executable, "-m", "engine", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("eskit ")
+    plugins = subprocess.run(
+        [sys.executable, "-m", "engine", "plugins"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")},
+    )
+    assert "bank" in plugins.stdout
+    assert "OpenAccount" in plugins.stdout
