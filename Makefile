@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: run test lint check clean
+.PHONY: run demo test lint check clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $@
 
-## run: run the bank example (the engine on its embedded default replaces it when it lands)
+## run: the engine on its embedded default (SQLite in ./eskit-data, HTTP on 127.0.0.1:8080)
 run: $(BIN)/.installed
+	$(BIN)/eskit run
+
+## demo: the bank example as a library, without the engine
+demo: $(BIN)/.installed
 	$(BIN)/python -m eskit_bank
 
 ## test: the whole test suite against real PostgreSQL and nats-server (started by the suite)
