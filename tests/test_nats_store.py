@@ -370,3 +370,16 @@ async def test_unreachable_server_is_a_connection_error() -> None:
         with pytest.raises(ConnectionError, match="cannot connect"):
             async with open_nats(f"nats://127.0.0.1:{port}", connect_timeout=0.5):
                 pass
+
+
+async def test_read_all_reads_past_pages_of_key_records(
+    connection: NatsConnection, nats: NatsTarget
+) -> None:
+    """Key records of empty appends share the log but never end a read early."""
+    async with store_on(connection, nats) as store:
+        for n in range(5):
+            assert await store.append("s", [], idempotency_key=f"noop-{n}") == []
+        stored = await store.append("s", notes("real"))
+        assert await store.read_all(limit=2) == stored
+        assert await store.head_position() == stored[0].position
+        assert await store.find_idempotent("noop-3") == []
