@@ -12,7 +12,8 @@ Layout, for a ``namespace`` such as ``eskit``:
 * Idempotency keys live in the same stream on ``<namespace>.key.<sha256 of the key>``,
   so that a key is written in the *same atomic batch* as the events it stands for.
 * Snapshots and checkpoints are KV buckets ``<namespace>_snapshots`` and
-  ``<namespace>_checkpoints`` (one value per key, revision compare-and-set).
+  ``<namespace>_checkpoints`` (one value per key, revision compare-and-set; see
+  :mod:`engine.stores.nats_kv`).
 
 An append is one JetStream publish (one event) or one atomic batch (ADR-50; several
 events, or any events with an idempotency key). The first event carries
@@ -51,11 +52,9 @@ from engine.drivers.nats import (
     JetStreamApiError,
     NatsConnection,
     OutMsg,
-    StoredMsg,
     open_nats,
 )
 from engine.errors import (
-    CheckpointConflictError,
     ConcurrencyError,
     IdempotencyConflictError,
 )
@@ -67,13 +66,22 @@ from engine.events import (
     utc_now,
     validate_stream_id,
 )
-from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
+from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT
 from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.nats_kv import (
+    KV_RETRIES,
+    WRONG_LAST_SEQUENCE,
+    NatsCheckpointStore,
+    NatsSnapshotStore,
+    kv_bucket_config,
+    subject_token,
+)
 
 __all__ = [
     "DEFAULT_DUPLICATE_WINDOW",
     "DEFAULT_NAMESPACE",
     "MAX_ATOMIC_EVENTS",
+    "NatsCheckpointStore",
     "NatsSnapshotStore",
     "NatsStore",
     "delete_nats_store",
@@ -102,14 +110,13 @@ MAX_SEEK_PROBES = 64
 DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
 #: refused because the server has too many batches in flight.
-MAX_RETRIES = 64
+MAX_RETRIES = KV_RETRIES
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 # JetStream error codes this store reacts to.
-_WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058
 _BATCH_DUPLICATE_MSG_ID = 10201
@@ -134,20 +141,13 @@ class _KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
     count: int
 
 
-class _SnapshotBody(msgspec.Struct, array_like=True):
-    version: int
-    schema: int
-    state: bytes
-
-
 _encoder = msgspec.msgpack.Encoder()
 _body_decoder = msgspec.msgpack.Decoder(_EventBody | _KeyBody)
-_snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotBody)
 
 
 def stream_subject_token(stream_id: str) -> str:
     """The subject token of a stream id: base64url of its UTF-8 bytes, unpadded."""
-    return base64.urlsafe_b64encode(stream_id.encode("utf-8")).rstrip(b"=").decode("ascii")
+    return subject_token(stream_id)
 
 
 def _key_token(key: str) -> str:
@@ -210,12 +210,12 @@ class NatsStore(Generic[E]):
     _connection: NatsConnection
     codec: Codec[E]
     _names: _Names
+    _checkpoints: NatsCheckpointStore
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     now: Callable[[], dt.datetime] = utc_now
     _heads: collections.OrderedDict[str, _Head] = attrs.field(
         factory=collections.OrderedDict, init=False
     )
-    _checkpoints: dict[str, tuple[int, int]] = attrs.field(factory=dict, init=False)
 
     @property
     def namespace(self) -> str:
@@ -296,7 +296,7 @@ class NatsStore(Generic[E]):
                     continue
                 if exc.err_code == _BATCH_DUPLICATE_MSG_ID:
                     return await self._already_stored(stream_id, encoded)
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
             # Someone wrote first: to the stream, or (a keyed append) to the key.
             if key is not None:
@@ -640,116 +640,15 @@ class NatsStore(Generic[E]):
 
     async def load_checkpoint(self, name: str) -> int | None:
         """The saved position of ``name``, or ``None`` if it was never saved."""
-        found = await self._read_checkpoint(name)
-        return None if found is None else found[0]
+        return await self._checkpoints.load_checkpoint(name)
 
     async def save_checkpoint(self, name: str, position: int, *, expected: int | None) -> None:
         """Save ``position`` for ``name`` if the stored value is still ``expected``.
 
-        One request when this client saved or loaded the checkpoint last (its revision
-        is known); two otherwise.
-
         Raises:
             CheckpointConflictError: Another writer saved since ``expected`` was read.
         """
-        known = self._checkpoints.get(name)
-        for _ in range(MAX_RETRIES):
-            if known is None or known[0] != expected:
-                known = await self._read_checkpoint(name)
-                actual = None if known is None else known[0]
-                if actual != expected:
-                    raise CheckpointConflictError(name, expected, actual)
-            if position < 0:
-                raise ValueError(f"a checkpoint position must be >= 0, got {position}")
-            revision = 0 if known is None else known[1]
-            try:
-                ack = await self._connection.publish(
-                    OutMsg(
-                        _kv_subject(self._names.checkpoints, name),
-                        str(position).encode("ascii"),
-                        {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)},
-                    )
-                )
-            except JetStreamApiError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
-                    raise
-                # Written since: compare the value again (it may be ``expected`` still).
-                known = None
-                continue
-            self._checkpoints[name] = (position, ack.sequence)
-            return
-        raise CheckpointConflictError(name, expected, None)
-
-    async def _read_checkpoint(self, name: str) -> tuple[int, int] | None:
-        message = await _kv_get(self._connection, self._names.checkpoints, name)
-        if message is None:
-            self._checkpoints.pop(name, None)
-            return None
-        found = (int(message.data), message.sequence)
-        self._checkpoints[name] = found
-        return found
-
-
-@attrs.define(eq=False)
-class NatsSnapshotStore(Generic[S]):
-    """A :class:`~engine.stores.base.SnapshotStore` in a JetStream KV bucket.
-
-    Get one from :meth:`NatsStore.snapshots`.
-    """
-
-    _connection: NatsConnection
-    codec: Codec[Any]
-    state_type: type[S]
-    bucket: str
-
-    async def save_snapshot(self, snapshot: Snapshot[S]) -> None:
-        """Store ``snapshot`` unless a snapshot of a later version is stored already."""
-        validate_stream_id(snapshot.stream_id)
-        value = _encoder.encode(
-            _SnapshotBody(
-                snapshot.version, snapshot.schema, self.codec.encode_value(snapshot.state)
-            )
-        )
-        subject = _kv_subject(self.bucket, snapshot.stream_id)
-        for _ in range(MAX_RETRIES):
-            current = await _kv_get(self._connection, self.bucket, snapshot.stream_id)
-            revision = 0
-            if current is not None:
-                if _snapshot_decoder.decode(current.data).version > snapshot.version:
-                    return
-                revision = current.sequence
-            try:
-                await self._connection.publish(
-                    OutMsg(subject, value, {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)})
-                )
-                return
-            except JetStreamApiError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
-                    raise
-        raise RuntimeError(f"snapshot of {snapshot.stream_id!r} kept losing races")
-
-    async def load_snapshot(self, stream_id: str) -> Snapshot[S] | None:
-        """The latest snapshot of ``stream_id``, or ``None``."""
-        validate_stream_id(stream_id)
-        message = await _kv_get(self._connection, self.bucket, stream_id)
-        if message is None:
-            return None
-        body = _snapshot_decoder.decode(message.data)
-        state = self.codec.decode_value(body.state, self.state_type)
-        return Snapshot(stream_id, body.version, state, body.schema)
-
-
-def _kv_subject(bucket: str, key: str) -> str:
-    # "=" is a valid KV key that base64url without padding never produces: the empty
-    # name (allowed for checkpoints) gets a key of its own.
-    return f"$KV.{bucket}.{stream_subject_token(key) or '='}"
-
-
-async def _kv_get(connection: NatsConnection, bucket: str, key: str) -> StoredMsg | None:
-    message = await connection.direct_get_last(f"KV_{bucket}", _kv_subject(bucket, key))
-    if message is None or message.headers.get("KV-Operation") in ("DEL", "PURGE"):
-        return None
-    return message
+        await self._checkpoints.save_checkpoint(name, position, expected=expected)
 
 
 def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) -> dict[str, Any]:
@@ -765,21 +664,6 @@ def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) 
         # An event log is append-only: nothing may be removed from the middle.
         "deny_delete": True,
         "deny_purge": True,
-    }
-
-
-def _kv_config(bucket: str, replicas: int) -> dict[str, Any]:
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
     }
 
 
@@ -805,8 +689,8 @@ async def ensure_nats_store(
     """Create (or update) the event stream and the two KV buckets of ``namespace``."""
     names = _Names.of(namespace)
     await _ensure_stream(connection, _event_stream_config(names, replicas, duplicate_window))
-    await _ensure_stream(connection, _kv_config(names.snapshots, replicas))
-    await _ensure_stream(connection, _kv_config(names.checkpoints, replicas))
+    await _ensure_stream(connection, kv_bucket_config(names.snapshots, replicas))
+    await _ensure_stream(connection, kv_bucket_config(names.checkpoints, replicas))
 
 
 async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
@@ -869,4 +753,5 @@ async def open_nats_store(
         await ensure_nats_store(
             connection, namespace, replicas=replicas, duplicate_window=duplicate_window
         )
-        yield NatsStore(connection, codec, names, max_event_bytes, now)
+        checkpoints = NatsCheckpointStore(connection, names.checkpoints)
+        yield NatsStore(connection, codec, names, checkpoints, max_event_bytes, now)
