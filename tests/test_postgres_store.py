@@ -359,3 +359,16 @@ async def test_group_commit_gives_each_append_its_own_result(pg: PgTarget) -> No
     stored = [e for r in results.values() if not isinstance(r, ConcurrencyError) for e in r]
     assert sorted({e.event_id: e for e in stored}.values(), key=lambda e: e.position) == everything
     assert stats.largest_group > 1
+
+
+async def test_read_pool_serves_reads(pg: PgTarget) -> None:
+    """With ``read_dsn`` the store opens a second pool for load, read_all and head."""
+    async with open_postgres_store(
+        pg.dsn, CODEC, schema=pg.schema, read_dsn=pg.dsn, read_pool_size=2, name="split"
+    ) as store:
+        stored = await store.append("s", [NewEvent(Note("x"))])
+        assert await store.load("s") == stored
+        assert await store.read_all() == stored
+        assert await store.head_position() == stored[0].position
+        pids = await trio.to_thread.run_sync(_backend_pids, pg, "split")
+    assert len(pids) >= 2

@@ -12,10 +12,13 @@ How it keeps the promises of :mod:`engine.stores.base`:
 * **The subscription invariant by serialized appends.** The function takes one
   transaction-scoped advisory lock per schema before it allocates positions, so
   position order is commit order and a reader can never see position P+1 before P.
-  (PostgreSQL makes a commit visible before it releases the transaction's locks.)
-  Filtering by ``pg_snapshot_xmin`` was the alternative; it stalls every follower
-  behind any long transaction in the database, including ones that never touch the
-  store, and orders by transaction id rather than by position.
+  (PostgreSQL makes a commit visible before it releases the transaction's locks, and
+  a replica replays commits in the same order.) Filtering rows by
+  ``pg_snapshot_xmin(pg_current_snapshot())`` was the alternative, and it is not enough
+  for position order: a transaction can take the smaller position but the larger
+  transaction id, so readers would have to page by (xid, position) instead; it also
+  stalls every follower behind any long transaction in the database. Serializing costs
+  little once appends are group-committed (see ``benchmarks/postgres_store_quick.py``).
 * **Group commit.** The lock makes one transaction at a time the ceiling, so concurrent
   appends of one process are queued and written by one writer task as one call of the
   function; each append gets its own result (a conflict in one does not fail the
