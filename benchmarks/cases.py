@@ -56,9 +56,10 @@ async def append_batch(store: EventStore[Any], batches: int, size: int) -> float
 
 
 async def fill_stream(store: EventStore[Any], stream_id: str, count: int) -> None:
-    for start in range(0, count, 1000):
+    # 500 per append: NATS's atomic batches hold at most 999 messages.
+    for start in range(0, count, 500):
         await store.append(
-            stream_id, [NewEvent(Deposited(1)) for _ in range(min(1000, count - start))]
+            stream_id, [NewEvent(Deposited(1)) for _ in range(min(500, count - start))]
         )
 
 

