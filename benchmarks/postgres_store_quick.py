@@ -37,7 +37,7 @@ from benchmarks.domain import Deposited, codec
 from engine.events import NewEvent
 from engine.stores.encoding import decode_event
 from engine.stores.postgres import open_postgres_store
-from engine.stores.postgres_schema import Queries
+from engine.stores.postgres_sql import Queries
 
 INSERT = (
     "INSERT INTO {s}.events (stream_id, version, type, schema_version, data, metadata, "

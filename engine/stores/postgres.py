@@ -42,8 +42,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import psycopg
 import trio
-from psycopg import errors as pg_errors
-from psycopg_pool import PoolClosed, PoolTimeout
+from psycopg_pool import PoolClosed
 
 from engine.codec import Codec
 from engine.drivers.postgres import (
@@ -62,15 +61,25 @@ from engine.errors import (
 )
 from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_stream_id
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
-from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
-from engine.stores.postgres_schema import (
+from engine.stores.encoding import decode_event, encode_batch
+from engine.stores.postgres_sql import (
     STATUS_CONFLICT,
     STATUS_KEY_CONFLICT,
     STATUS_OK,
     STATUS_REPLAY,
+    AppendArgs,
+    AppendRow,
     Queries,
+    call_append,
+    connection_lost,
+    execute,
     expected_code,
+    fetch_events,
+    fetch_idempotent,
+    fetch_one,
     migrate,
+    save_checkpoint,
+    write_group,
 )
 
 __all__ = [
@@ -96,21 +105,13 @@ MAX_GROUP_BYTES = 8 * 1024 * 1024
 #: Appends that may wait for the writer before ``append`` itself waits (backpressure).
 REQUEST_BUFFER = 1024
 
-# One row of append_events: status, version, other, positions.
-_Row = tuple[int, int, str | None, list[int] | None]
-
 
 @attrs.define(eq=False)
 class _AppendRequest:
-    stream_id: str
-    expected: int | ExpectedVersion
-    code: int
-    key: str | None
-    encoded: list[EncodedNewEvent]
-    recorded_at: dt.datetime
+    args: AppendArgs
     size: int
     done: trio.Event = attrs.field(factory=trio.Event)
-    result: _Row | BaseException | None = None
+    result: AppendRow | BaseException | None = None
     abandoned: bool = False
 
 
@@ -129,20 +130,11 @@ class PostgresStoreStatistics:
     largest_group: int
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeout | PoolClosed):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return state is None or state.startswith(("08", "57P"))
-
-
 def _translate(exc: BaseException) -> BaseException:
     """The one place psycopg errors become engine errors."""
     if isinstance(exc, PoolClosed):
         return trio.ClosedResourceError("the PostgreSQL store is closed")
-    if _connection_lost(exc):
+    if connection_lost(exc):
         return trio.BrokenResourceError(
             f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
             "or may not have been stored: retry it with an idempotency key"
@@ -152,106 +144,13 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def _call_append(q: Queries, conn: PgConnection, group: Sequence[_AppendRequest]) -> list[_Row]:
-    ev_req: list[int] = []
-    ev_seq: list[int] = []
-    ev_type: list[str] = []
-    ev_schema: list[int] = []
-    ev_data: list[bytes] = []
-    ev_meta: list[bytes] = []
-    ev_id: list[Any] = []
-    for index, request in enumerate(group, start=1):
-        for seq, event in enumerate(request.encoded, start=1):
-            ev_req.append(index)
-            ev_seq.append(seq)
-            ev_type.append(event.type)
-            ev_schema.append(event.schema_version)
-            ev_data.append(event.data)
-            ev_meta.append(event.metadata)
-            ev_id.append(event.event_id)
-    params = (
-        [r.stream_id for r in group],
-        [r.code for r in group],
-        [r.key for r in group],
-        [len(r.encoded) for r in group],
-        [r.recorded_at for r in group],
-        ev_req,
-        ev_seq,
-        ev_type,
-        ev_schema,
-        ev_data,
-        ev_meta,
-        ev_id,
-    )
-    rows: list[_Row] = conn.execute(q.append, params, binary=True).fetchall()
-    if len(rows) != len(group):
-        raise EskitError(f"append_events returned {len(rows)} rows for {len(group)} appends")
-    return rows
-
-
-def _write_group(
-    q: Queries, group: Sequence[_AppendRequest], conn: PgConnection
-) -> list[_Row | BaseException]:
-    """One group commit (runs in a worker thread). A group that fails as a whole for a
-    reason other than a lost connection is retried one append at a time, so that each
-    append gets its own result."""
-    try:
-        return list(_call_append(q, conn, group))
-    except psycopg.Error as exc:
-        if _connection_lost(exc):
-            raise
-        if len(group) == 1:
-            if isinstance(exc, pg_errors.UniqueViolation):
-                # A writer that bypassed the append lock took the version first.
-                actual = conn.execute(q.stream_version, [group[0].stream_id]).fetchone()
-                return [(STATUS_CONFLICT, actual[0] if actual else 0, None, None)]
-            return [exc]
-    results: list[_Row | BaseException] = []
-    for request in group:
-        results.extend(_write_group(q, [request], conn))
-    return results
-
-
-def _fetch_events(
-    codec: Codec[E], query: bytes, params: Sequence[Any], conn: PgConnection
-) -> list[Event[E]]:
-    rows = conn.execute(query, params, binary=True).fetchall()
-    return [
-        decode_event(
-            codec,
-            position=row[0],
-            stream_id=row[1],
-            version=row[2],
-            type_name=row[3],
-            schema_version=row[4],
-            data=row[5],
-            metadata=row[6],
-            event_id=row[7],
-            recorded_at=row[8],
-        )
-        for row in rows
-    ]
-
-
-def _fetch_idempotent(
-    codec: Codec[E], q: Queries, key: str, conn: PgConnection
-) -> list[Event[E]] | None:
-    found = conn.execute(q.find_key, [key]).fetchone()
-    if found is None:
-        return None
-    stream_id, first_version, count = found
-    if count == 0:
-        return []
-    return _fetch_events(codec, q.load, [stream_id, first_version - 1, count], conn)
-
-
 def _decode_appended(
-    codec: Codec[E], request: _AppendRequest, version: int, positions: list[int]
+    codec: Codec[E], args: AppendArgs, version: int, positions: list[int]
 ) -> list[Event[E]]:
     return [
         decode_event(
             codec,
-            stream_id=request.stream_id,
+            stream_id=args.stream_id,
             version=version + offset,
             position=position,
             type_name=event.type,
@@ -259,10 +158,10 @@ def _decode_appended(
             data=event.data,
             metadata=event.metadata,
             event_id=event.event_id,
-            recorded_at=request.recorded_at,
+            recorded_at=args.recorded_at,
         )
         for offset, (event, position) in enumerate(
-            zip(request.encoded, positions, strict=True), start=1
+            zip(args.encoded, positions, strict=True), start=1
         )
     ]
 
@@ -319,15 +218,8 @@ class PostgresStore(Generic[E]):
         code = expected_code(expected_version)
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError(f"idempotency_key must be a str, got {idempotency_key!r}")
-        request = _AppendRequest(
-            stream_id=stream_id,
-            expected=expected_version,
-            code=code,
-            key=idempotency_key,
-            encoded=encoded,
-            recorded_at=self.now(),
-            size=sum(len(e.data) + len(e.metadata) for e in encoded),
-        )
+        args = AppendArgs(stream_id, code, idempotency_key, encoded, self.now())
+        request = _AppendRequest(args, sum(len(e.data) + len(e.metadata) for e in encoded))
         await self._requests.send(request)
         try:
             await request.done.wait()
@@ -343,7 +235,7 @@ class PostgresStore(Generic[E]):
         assert result is not None
         status, version, other, positions = result
         if status == STATUS_OK:
-            stored = _decode_appended(self.codec, request, version, positions or [])
+            stored = _decode_appended(self.codec, request.args, version, positions or [])
             if stored:
                 self._advance_head(stored[-1].position)
             return stored
@@ -367,14 +259,14 @@ class PostgresStore(Generic[E]):
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         fetch = partial(
-            _fetch_events, self.codec, self._queries.load, [stream_id, after_version, limit]
+            fetch_events, self.codec, self._queries.load, [stream_id, after_version, limit]
         )
         return await self._run(fetch, read=True)
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 when it has no events)."""
         validate_stream_id(stream_id)
-        row = await self._run(partial(_fetch_one, self._queries.stream_version, [stream_id]))
+        row = await self._run(partial(fetch_one, self._queries.stream_version, [stream_id]))
         return int(row[0]) if row else 0
 
     async def read_all(
@@ -383,18 +275,18 @@ class PostgresStore(Generic[E]):
         """Up to ``limit`` events of all streams after ``after_position``, in order."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        fetch = partial(_fetch_events, self.codec, self._queries.read_all, [after_position, limit])
+        fetch = partial(fetch_events, self.codec, self._queries.read_all, [after_position, limit])
         return await self._run(fetch, read=True)
 
     async def head_position(self) -> int:
         """The highest position ``read_all`` can currently return (0 when empty)."""
-        row = await self._run(partial(_fetch_one, self._queries.head, []), read=True)
+        row = await self._run(partial(fetch_one, self._queries.head, []), read=True)
         return int(row[0]) if row else 0
 
     async def find_idempotent(self, idempotency_key: str) -> list[Event[E]] | None:
         """The events stored by the append that carried ``idempotency_key``, or ``None``."""
         return await self._run(
-            partial(_fetch_idempotent, self.codec, self._queries, idempotency_key)
+            partial(fetch_idempotent, self.codec, self._queries, idempotency_key)
         )
 
     # -- wake-ups ----------------------------------------------------------------------
@@ -457,7 +349,7 @@ class PostgresStore(Generic[E]):
 
     async def load_checkpoint(self, name: str) -> int | None:
         """The saved position of ``name``, or ``None``."""
-        row = await self._run(partial(_fetch_one, self._queries.load_checkpoint, [name]))
+        row = await self._run(partial(fetch_one, self._queries.load_checkpoint, [name]))
         return None if row is None else int(row[0])
 
     async def save_checkpoint(self, name: str, position: int, *, expected: int | None) -> None:
@@ -468,7 +360,7 @@ class PostgresStore(Generic[E]):
             ValueError: ``position`` is negative.
         """
         ok, actual = await self._run(
-            partial(_save_checkpoint, self._queries, name, position, expected)
+            partial(save_checkpoint, self._queries, name, position, expected)
         )
         if not ok:
             raise CheckpointConflictError(name, expected, actual)
@@ -513,9 +405,11 @@ class PostgresStore(Generic[E]):
                     group = _take_group(pending)
                     if not group:
                         continue
-                    results: Sequence[_Row | BaseException]
+                    results: Sequence[AppendRow | BaseException]
                     try:
-                        results = await self._pool.run(partial(_write_group, self._queries, group))
+                        results = await self._pool.run(
+                            partial(write_group, self._queries, [r.args for r in group])
+                        )
                     except Exception as exc:
                         # Every append of the group fails alike; each appender raises it.
                         results = [exc] * len(group)
@@ -559,41 +453,16 @@ def _take_group(pending: deque[_AppendRequest]) -> list[_AppendRequest]:
         too_big = group and (
             len(group) >= MAX_GROUP_REQUESTS or size + request.size > MAX_GROUP_BYTES
         )
-        if too_big or (request.key is not None and request.key in keys):
+        key = request.args.key
+        if too_big or (key is not None and key in keys):
             deferred.append(request)
             continue
         group.append(request)
         size += request.size
-        if request.key is not None:
-            keys.add(request.key)
+        if key is not None:
+            keys.add(key)
     pending.extend(deferred)
     return group
-
-
-def _fetch_one(query: bytes, params: Sequence[Any], conn: PgConnection) -> tuple[Any, ...] | None:
-    return conn.execute(query, params).fetchone()
-
-
-def _execute(query: bytes, params: Sequence[Any], conn: PgConnection) -> None:
-    conn.execute(query, params)
-
-
-def _save_checkpoint(
-    q: Queries, name: str, position: int, expected: int | None, conn: PgConnection
-) -> tuple[bool, int | None]:
-    """Compare and set in one statement; returns (saved, actual when not saved)."""
-    if position >= 0:
-        if expected is None:
-            saved = conn.execute(q.insert_checkpoint, [name, position]).fetchone()
-        else:
-            saved = conn.execute(q.update_checkpoint, [position, name, expected]).fetchone()
-        if saved is not None:
-            return True, position
-    row = conn.execute(q.load_checkpoint, [name]).fetchone()
-    actual = None if row is None else int(row[0])
-    # A negative position over the right expected value is "ok" here; the caller then
-    # refuses it, in the same order as the memory store.
-    return (position < 0 and actual == expected), actual
 
 
 @attrs.define(eq=False)
@@ -608,13 +477,13 @@ class PostgresSnapshotStore(Generic[S]):
         validate_stream_id(snapshot.stream_id)
         state = self._store.codec.encode_value(snapshot.state)
         params = [snapshot.stream_id, snapshot.version, snapshot.schema, state]
-        await self._store._run(partial(_execute, self._store._queries.save_snapshot, params))
+        await self._store._run(partial(execute, self._store._queries.save_snapshot, params))
 
     async def load_snapshot(self, stream_id: str) -> Snapshot[S] | None:
         """The latest snapshot of ``stream_id``, or ``None``."""
         validate_stream_id(stream_id)
         row = await self._store._run(
-            partial(_fetch_one, self._store._queries.load_snapshot, [stream_id])
+            partial(fetch_one, self._store._queries.load_snapshot, [stream_id])
         )
         if row is None:
             return None
@@ -649,19 +518,11 @@ def append_in_transaction(
         psycopg.Error: Database errors, untranslated (the caller owns the connection).
     """
     encoded = encode_batch(codec, stream_id, events, max_event_bytes=max_event_bytes)
-    request = _AppendRequest(
-        stream_id=stream_id,
-        expected=expected_version,
-        code=expected_code(expected_version),
-        key=idempotency_key,
-        encoded=encoded,
-        recorded_at=now(),
-        size=0,
-    )
+    args = AppendArgs(stream_id, expected_code(expected_version), idempotency_key, encoded, now())
     q = Queries.for_schema(schema)
-    ((status, version, other, positions),) = _call_append(q, conn, [request])
+    ((status, version, other, positions),) = call_append(q, conn, [args])
     if status == STATUS_OK:
-        return _decode_appended(codec, request, version, positions or [])
+        return _decode_appended(codec, args, version, positions or [])
     if status == STATUS_CONFLICT:
         raise ConcurrencyError(stream_id, expected_version, version)
     if status == STATUS_KEY_CONFLICT:
@@ -669,7 +530,7 @@ def append_in_transaction(
         assert other is not None
         raise IdempotencyConflictError(idempotency_key, stream_id, other)
     assert idempotency_key is not None
-    return _fetch_idempotent(codec, q, idempotency_key, conn) or []
+    return fetch_idempotent(codec, q, idempotency_key, conn) or []
 
 
 @asynccontextmanager

@@ -1,4 +1,6 @@
-"""The PostgreSQL store's tables, server-side append function, migrations and queries.
+"""The PostgreSQL store's SQL side: tables, the server-side append function,
+migrations, queries, and the blocking units of work that the store hands to the driver's
+worker threads (one call each, so one thread hop per operation).
 
 Everything is created in one schema whose name is always quoted, so any name works.
 ``schema_migrations`` records which of :data:`MIGRATIONS` ran; opening a store applies
@@ -7,16 +9,23 @@ the missing ones under an advisory lock, so concurrent openers do not race.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
+import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg_pool import PoolClosed, PoolTimeout
 
+from engine.codec import Codec
 from engine.drivers.postgres import PgConnection
 from engine.errors import EskitError
-from engine.events import ExpectedVersion
+from engine.events import Event, ExpectedVersion
+from engine.stores.encoding import EncodedNewEvent, decode_event
 
 __all__ = [
     "EXPECTED_ANY",
@@ -26,10 +35,22 @@ __all__ = [
     "STATUS_KEY_CONFLICT",
     "STATUS_OK",
     "STATUS_REPLAY",
+    "AppendArgs",
+    "AppendRow",
     "Queries",
+    "call_append",
+    "connection_lost",
+    "execute",
     "expected_code",
+    "fetch_events",
+    "fetch_idempotent",
+    "fetch_one",
     "migrate",
+    "save_checkpoint",
+    "write_group",
 ]
+
+E = TypeVar("E")
 
 #: ``expected`` codes of the append function; exact versions are themselves (>= 0).
 EXPECTED_ANY = -1
@@ -375,3 +396,163 @@ def migrate(q: Queries, conn: PgConnection) -> int:
                 [version],
             )
         return len(MIGRATIONS)
+
+
+# -- units of work (blocking; each runs in one driver thread) ---------------------------
+
+#: One row of ``append_events``: status, version, other, positions.
+AppendRow = tuple[int, int, str | None, list[int] | None]
+
+
+@attrs.frozen
+class AppendArgs:
+    """One append as the append function takes it."""
+
+    stream_id: str
+    code: int
+    key: str | None
+    encoded: Sequence[EncodedNewEvent]
+    recorded_at: dt.datetime
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (not the statement) failed: lost, refused,
+    terminated by the server, or no pooled connection in time."""
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
+def call_append(q: Queries, conn: PgConnection, group: Sequence[AppendArgs]) -> list[AppendRow]:
+    """Call ``append_events`` once for ``group``, with binary array parameters.
+
+    Returns:
+        One row per append, in order: status, version before the append (the actual
+        version on conflict), the other stream on a key conflict, and the positions.
+
+    Raises:
+        psycopg.Error: The call failed as a whole (nothing of the group was written).
+    """
+    ev_req: list[int] = []
+    ev_seq: list[int] = []
+    ev_type: list[str] = []
+    ev_schema: list[int] = []
+    ev_data: list[bytes] = []
+    ev_meta: list[bytes] = []
+    ev_id: list[Any] = []
+    for index, request in enumerate(group, start=1):
+        for seq, event in enumerate(request.encoded, start=1):
+            ev_req.append(index)
+            ev_seq.append(seq)
+            ev_type.append(event.type)
+            ev_schema.append(event.schema_version)
+            ev_data.append(event.data)
+            ev_meta.append(event.metadata)
+            ev_id.append(event.event_id)
+    params = (
+        [r.stream_id for r in group],
+        [r.code for r in group],
+        [r.key for r in group],
+        [len(r.encoded) for r in group],
+        [r.recorded_at for r in group],
+        ev_req,
+        ev_seq,
+        ev_type,
+        ev_schema,
+        ev_data,
+        ev_meta,
+        ev_id,
+    )
+    rows: list[AppendRow] = conn.execute(q.append, params, binary=True).fetchall()
+    if len(rows) != len(group):
+        raise EskitError(f"append_events returned {len(rows)} rows for {len(group)} appends")
+    return rows
+
+
+def write_group(
+    q: Queries, group: Sequence[AppendArgs], conn: PgConnection
+) -> list[AppendRow | BaseException]:
+    """One group commit (runs in a worker thread). A group that fails as a whole for a
+    reason other than a lost connection is retried one append at a time, so that each
+    append gets its own result."""
+    try:
+        return list(call_append(q, conn, group))
+    except psycopg.Error as exc:
+        if connection_lost(exc):
+            raise
+        if len(group) == 1:
+            if isinstance(exc, pg_errors.UniqueViolation):
+                # A writer that bypassed the append lock took the version first.
+                actual = conn.execute(q.stream_version, [group[0].stream_id]).fetchone()
+                return [(STATUS_CONFLICT, actual[0] if actual else 0, None, None)]
+            return [exc]
+    results: list[AppendRow | BaseException] = []
+    for request in group:
+        results.extend(write_group(q, [request], conn))
+    return results
+
+
+def fetch_events(
+    codec: Codec[E], query: bytes, params: Sequence[Any], conn: PgConnection
+) -> list[Event[E]]:
+    """Run an event query (columns in ``read_all``'s order) and decode the rows."""
+    rows = conn.execute(query, params, binary=True).fetchall()
+    return [
+        decode_event(
+            codec,
+            position=row[0],
+            stream_id=row[1],
+            version=row[2],
+            type_name=row[3],
+            schema_version=row[4],
+            data=row[5],
+            metadata=row[6],
+            event_id=row[7],
+            recorded_at=row[8],
+        )
+        for row in rows
+    ]
+
+
+def fetch_idempotent(
+    codec: Codec[E], q: Queries, key: str, conn: PgConnection
+) -> list[Event[E]] | None:
+    """The events the append with idempotency ``key`` stored, or ``None``."""
+    found = conn.execute(q.find_key, [key]).fetchone()
+    if found is None:
+        return None
+    stream_id, first_version, count = found
+    if count == 0:
+        return []
+    return fetch_events(codec, q.load, [stream_id, first_version - 1, count], conn)
+
+
+def fetch_one(query: bytes, params: Sequence[Any], conn: PgConnection) -> tuple[Any, ...] | None:
+    """The first row of a query, or ``None``."""
+    return conn.execute(query, params).fetchone()
+
+
+def execute(query: bytes, params: Sequence[Any], conn: PgConnection) -> None:
+    """Run a statement for its effect."""
+    conn.execute(query, params)
+
+
+def save_checkpoint(
+    q: Queries, name: str, position: int, expected: int | None, conn: PgConnection
+) -> tuple[bool, int | None]:
+    """Compare and set in one statement; returns (saved, actual when not saved)."""
+    if position >= 0:
+        if expected is None:
+            saved = conn.execute(q.insert_checkpoint, [name, position]).fetchone()
+        else:
+            saved = conn.execute(q.update_checkpoint, [position, name, expected]).fetchone()
+        if saved is not None:
+            return True, position
+    row = conn.execute(q.load_checkpoint, [name]).fetchone()
+    actual = None if row is None else int(row[0])
+    # A negative position over the right expected value is "ok" here; the caller then
+    # refuses it, in the same order as the memory store.
+    return (position < 0 and actual == expected), actual
