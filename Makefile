@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: run demo test lint check clean
+.PHONY: run demo test lint check binary clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## binary: the single executable dist/eskit (PyInstaller; see packaging/README.md)
+binary: $(BIN)/.installed
+	PYTHON=$(BIN)/python packaging/build.sh
 
 ## check: everything CI runs
 check: lint test

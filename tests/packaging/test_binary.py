@@ -1,5 +1,6 @@
-"""The single binary as a user runs it: ``--version``, ``plugins``, and a daemon on SQLite and
-on PostgreSQL that takes commands over HTTP, answers a projection query and stops on SIGTERM.
+"""The single binary as a user runs it: ``--version``, ``plugins``, and a daemon on SQLite, on
+PostgreSQL and on an external nats-server that takes commands over HTTP, answers a
+projection query and stops on SIGTERM with exit code 0.
 
 Every run also loads a plugin from a folder named in the config (with its own entry-point
 metadata, as ``pip install --target`` leaves it): the probe plugin reports from inside the
@@ -18,7 +19,7 @@ import pytest
 import trio
 
 from engine import __version__
-from tests.conftest import PgTarget
+from tests.conftest import NatsTarget, PgTarget
 from tests.daemon.test_daemon_process import stop_daemon
 from tests.daemon.test_engine import http
 
@@ -217,5 +218,14 @@ async def test_daemon_on_postgres(eskit_binary: Path, tmp_path: Path, pg: PgTarg
     """Tier 2: the binary on the test PostgreSQL does the same through psycopg's binary libpq."""
     config = write_config(
         tmp_path, f'[store]\nbackend = "postgres"\ndsn = "{pg.dsn}"\nschema = "{pg.schema}"\n'
+    )
+    await run_smoke(eskit_binary, config)
+
+
+async def test_daemon_on_nats(eskit_binary: Path, tmp_path: Path, nats: NatsTarget) -> None:
+    """Tier 3 on the test nats-server (not yet the embedded one): the same through nats-py."""
+    config = write_config(
+        tmp_path,
+        f'[store]\nbackend = "nats"\nnamespace = "{nats.namespace}"\n\n[nats]\nurl = "{nats.url}"\n',
     )
     await run_smoke(eskit_binary, config)
