@@ -5,6 +5,12 @@ command handler per decider, starts a supervised runner per projection and autom
 then the HTTP server. Leaving the block shuts down in reverse order: the ingress stops
 taking requests, the runners are cancelled (their checkpoints make that safe), the store
 closes.
+
+Observability (:mod:`engine.observability`): the store and the lock registry are
+wrapped so that every store call is profiled, counted and logged and the held leases are
+known; every command handler logs, counts and profiles its commands; the metrics live in
+the engine's own Prometheus registry; a sampler keeps the runners' recent lag and
+throughput for the status page.
 """
 
 from __future__ import annotations
@@ -30,10 +36,22 @@ from engine.errors import CodecError, DuplicateEventTypeError, PluginError
 from engine.events import Event
 from engine.handler import CommandHandler
 from engine.locks.memory import MemoryLockRegistry
+from engine.middleware import profiler_middleware
+from engine.observability.commands import command_middleware
+from engine.observability.instrumented import InstrumentedLocks, InstrumentedStore
+from engine.observability.metrics import CONTENT_TYPE, EngineMetrics, MetricSources
+from engine.observability.profiler import Profiler
+from engine.observability.status import (
+    EventModel,
+    RecentErrors,
+    RunnerHistory,
+    observe_reactor,
+    status_document,
+)
 from engine.plugin import CommandBinding, Plugin, ProjectionContext, ProjectionSetup, Query
 from engine.reactor import ReactorRegistry
 from engine.router import CommandRouter
-from engine.runners.base import ErrorPolicy, OnFailure, RunnerState
+from engine.runners.base import ErrorPolicy, OnFailure, RunnerState, RunnerStatistics
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import run_supervised
@@ -137,6 +155,12 @@ def merged_registry(plugins: Sequence[Plugin]) -> EventRegistry:
     return registry
 
 
+def _version() -> str:
+    from engine import __version__
+
+    return __version__
+
+
 def _error_policy(config: Config) -> ErrorPolicy:
     policy = config.runners.error_policy
     if policy == "stop":
@@ -174,6 +198,20 @@ class Engine:
     plugins: dict[str, _LoadedPlugin]
     runners: dict[str, Runner[Any]] = attrs.field(factory=dict)
     http_urls: list[str] = attrs.field(factory=list)
+    #: Leases this node holds (the lock registry the runners use).
+    locks: InstrumentedLocks = attrs.field(
+        factory=lambda: InstrumentedLocks(MemoryLockRegistry()), kw_only=True
+    )
+    dead_letters: MemoryDeadLetterStore = attrs.field(factory=MemoryDeadLetterStore, kw_only=True)
+    profiler: Profiler = attrs.field(factory=Profiler, kw_only=True)
+    metrics: EngineMetrics = attrs.field(factory=EngineMetrics, kw_only=True)
+    model: EventModel = attrs.field(factory=EventModel, kw_only=True)
+    errors: RecentErrors = attrs.field(factory=RecentErrors, kw_only=True)
+    history: RunnerHistory = attrs.field(factory=RunnerHistory, kw_only=True)
+    #: Runner name -> ``projection`` or ``automation``.
+    runner_kinds: dict[str, str] = attrs.field(factory=dict, kw_only=True)
+    #: When the engine started (Trio clock).
+    started_at: float = attrs.field(default=0.0, kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
     )
@@ -281,40 +319,26 @@ class Engine:
             details[name] = {"ready": ok, "state": stats.state.value, "lag": stats.lag}
         return ready, details
 
+    def runner_statistics(self) -> dict[str, RunnerStatistics]:
+        """Every runner's statistics, by name."""
+        return {name: runner.statistics() for name, runner in self.runners.items()}
+
     def metrics_text(self) -> str:
-        """Prometheus exposition text of the engine's counters and gauges."""
-        lines = [
-            "# HELP eskit_commands_total Commands handled, by plugin and command.",
-            "# TYPE eskit_commands_total counter",
-        ]
-        conflicts = [
-            "# HELP eskit_command_conflicts_total Appends retried after a concurrency conflict.",
-            "# TYPE eskit_command_conflicts_total counter",
-        ]
-        seen: set[int] = set()
-        for plugin_name, loaded in sorted(self.plugins.items()):
-            for entry in loaded.commands.values():
-                if id(entry.handler) in seen:
-                    continue
-                seen.add(id(entry.handler))
-                stats = entry.handler.statistics()
-                label = f'plugin="{plugin_name}",decider="{len(seen)}"'
-                lines.append(f"eskit_commands_total{{{label}}} {stats.handled}")
-                conflicts.append(f"eskit_command_conflicts_total{{{label}}} {stats.conflicts}")
-        lines += conflicts
-        for metric, help_text in (
-            ("checkpoint", "Position of the last event the runner is done with."),
-            ("head", "Highest stored position the runner knows of."),
-            ("lag", "Events the runner has yet to handle."),
-            ("parked", "Events the runner parked as dead letters."),
-            ("restarts", "Times the runner was restarted."),
-        ):
-            lines.append(f"# HELP eskit_runner_{metric} {help_text}")
-            lines.append(f"# TYPE eskit_runner_{metric} gauge")
-            for name, runner in sorted(self.runners.items()):
-                value = getattr(runner.statistics(), metric)
-                lines.append(f'eskit_runner_{metric}{{runner="{name}"}} {value}')
-        return "\n".join(lines) + "\n"
+        """Prometheus exposition text of the engine's metrics (see
+        :mod:`engine.observability.metrics`)."""
+        return self.metrics.exposition().decode()
+
+    def metrics_content_type(self) -> str:
+        """The ``content-type`` of :meth:`metrics_text`."""
+        return CONTENT_TYPE
+
+    async def status(self) -> dict[str, Any]:
+        """What the status page shows (``GET /status.json``)."""
+        return await status_document(self)
+
+    def profiler_json(self) -> dict[str, Any]:
+        """The profiler's percentiles and degradations (``GET /profiler``)."""
+        return self.profiler.to_json()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -382,12 +406,35 @@ async def open_engine(
         )
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
     data_dir = Path(config.engine.data_dir)
-    async with open_store_from_config(config, codec) as store:
+    node_id = config.engine.node_id
+    profiler = Profiler()
+    metrics = EngineMetrics(node_id=node_id, version=_version())
+    model = EventModel.from_plugins(plugins)
+    errors = RecentErrors()
+    async with open_store_from_config(config, codec) as raw_store:
+        store: InstrumentedStore[Any] = InstrumentedStore(
+            raw_store, profiler=profiler, metrics=metrics
+        )
         bus: ChannelEventBus[Any] = ChannelEventBus()
-        locks = MemoryLockRegistry(config.engine.node_id)
+        locks = InstrumentedLocks(MemoryLockRegistry(node_id))
         dead_letters = MemoryDeadLetterStore()
         router = CommandRouter()
-        engine = Engine(config, store, codec, bus, router, {})
+        engine = Engine(
+            config,
+            store,
+            codec,
+            bus,
+            router,
+            {},
+            locks=locks,
+            dead_letters=dead_letters,
+            profiler=profiler,
+            metrics=metrics,
+            model=model,
+            errors=errors,
+            started_at=trio.current_time(),
+        )
+        handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
         for plugin in plugins:
             loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
             for binding in plugin.commands:
@@ -401,7 +448,19 @@ async def open_engine(
                     snapshots=snapshots,
                     snapshot_every=binding.snapshot_every if snapshots is not None else 0,
                     after_append=[bus.publish],
+                    middleware=[
+                        command_middleware(
+                            plugin=plugin.name,
+                            names={cls: name for name, cls in binding.command_names().items()},
+                            node_id=node_id,
+                            metrics=metrics,
+                            model=model,
+                            errors=errors,
+                        ),
+                        profiler_middleware(profiler),
+                    ],
                 )
+                handlers.append((plugin.name, handler))
                 router.route_decider(handler)
                 for name, cls in binding.command_names().items():
                     loaded.commands[name] = _Command(cls, binding, handler)
@@ -413,7 +472,7 @@ async def open_engine(
             node_id=config.engine.node_id,
             transactional=getattr(store, "transactional", None),
         )
-        common = {
+        common: dict[str, Any] = {
             "store": store,
             "bus": bus,
             "dead_letters": dead_letters,
@@ -433,6 +492,7 @@ async def open_engine(
                     loaded.queries[query_name] = query
                     loaded.query_runners[query_name] = f"{plugin.name}.{definition.name}"
                 name = f"{plugin.name}.{definition.name}"
+                engine.runner_kinds[name] = "projection"
                 engine.runners[name] = ProjectionRunner(
                     name=name,
                     handler=setup.handler,
@@ -445,16 +505,28 @@ async def open_engine(
                     **common,
                 )
             for reactor_name, reactor in plugin.reactors.items():
-                registry: ReactorRegistry[Any] = ReactorRegistry(router)
-                registry.register(f"{plugin.name}.{reactor_name}", reactor)
                 name = f"{plugin.name}.{reactor_name}"
+                observed, sender = observe_reactor(reactor, router, model, name)
+                registry: ReactorRegistry[Any] = ReactorRegistry(sender)
+                registry.register(name, observed)
+                engine.runner_kinds[name] = "automation"
                 engine.runners[name] = AutomationRunner(
                     name=name, handler=registry.handle, checkpoints=store, locks=locks, **common
                 )
 
+        metrics.watch(
+            MetricSources(
+                runners=engine.runner_statistics,
+                handlers=lambda: [(name, h.statistics()) for name, h in handlers],
+                locks=locks,
+                bus=bus,
+                profiler=profiler,
+            )
+        )
         async with trio.open_nursery() as runners:
             for name, runner in engine.runners.items():
                 await runners.start(functools.partial(run_supervised, name=name), runner.run)
+            await runners.start(engine.history.run, engine.runner_statistics, errors)
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
                     app = HttpIngress(

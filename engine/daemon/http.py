@@ -9,7 +9,10 @@ Routes:
 * ``GET /streams/{stream_id}?after=0&limit=100`` reads a stream's events.
 * ``GET /events?after=0&limit=100`` reads the global log.
 * ``GET /health/live``, ``GET /health/ready`` (ready = runners within their lag bound),
-  ``GET /runners``, ``GET /metrics`` (Prometheus text).
+  ``GET /runners``, ``GET /metrics`` (Prometheus text), ``GET /profiler`` (percentiles
+  per operation and degradations, JSON).
+* ``GET /status``: the status page (HTML; it holds no data and needs no token), which
+  polls ``GET /status.json`` (the data, token required like every other route).
 
 Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with stable codes: 400
 malformed, 401 unauthorized, 404 unknown plugin/command/query/route, 405 method, 409
@@ -42,6 +45,7 @@ from engine.errors import (
     NotFoundError,
     UnknownCommandError,
 )
+from engine.observability.page import CONTENT_SECURITY_POLICY, STATUS_HTML
 
 __all__ = ["EngineApi", "HttpError", "HttpIngress", "serve_http", "status_for"]
 
@@ -78,6 +82,12 @@ class EngineApi(Protocol):
 
     def metrics_text(self) -> str: ...
 
+    def metrics_content_type(self) -> str: ...
+
+    async def status(self) -> Any: ...
+
+    def profiler_json(self) -> Any: ...
+
 
 class HttpError(EskitError):
     """An error with an HTTP status, raised by the ingress or by a plugin query."""
@@ -112,6 +122,7 @@ def status_for(error: BaseException) -> tuple[int, str]:
 
 
 _MAX_LIMIT = 1000
+_HTML = b"text/html; charset=utf-8"
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int, *, high: int) -> int:
@@ -158,17 +169,18 @@ class HttpIngress:
                 message = getattr(error, "message", None) or str(error)
             body = _json({"error": {"code": code, "message": message}})
             content_type = b"application/json"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        if content_type == _HTML:
+            headers += [
+                (b"content-security-policy", CONTENT_SECURITY_POLICY),
+                (b"referrer-policy", b"no-referrer"),
+            ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -198,6 +210,8 @@ class HttpIngress:
         params = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if parts == ["health", "live"]:
             return 200, _json({"status": "live"}), b"application/json"
+        if parts == ["status"] and method == "GET":
+            return 200, STATUS_HTML, _HTML
         if not self._authorized(scope):
             raise HttpError(401, "unauthorized", "a valid bearer token is required")
         engine = self.engine
@@ -250,7 +264,17 @@ class HttpIngress:
                 return 200, _json(engine.runners_status()), b"application/json"
             case ["metrics"]:
                 _require(method, "GET")
-                return 200, engine.metrics_text().encode(), b"text/plain; version=0.0.4"
+                return (
+                    200,
+                    engine.metrics_text().encode(),
+                    engine.metrics_content_type().encode(),
+                )
+            case ["status.json"]:
+                _require(method, "GET")
+                return 200, _json(await engine.status()), b"application/json"
+            case ["profiler"]:
+                _require(method, "GET")
+                return 200, _json(engine.profiler_json()), b"application/json"
         raise HttpError(404, "not_found", f"no route for {method} {scope['path']}")
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
