@@ -3,6 +3,7 @@ stream's layout, and surviving a dropped client connection (real nats-server).""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from engine.drivers.nats import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -383,3 +385,27 @@ async def test_read_all_reads_past_pages_of_key_records(
         assert await store.read_all(limit=2) == stored
         assert await store.head_position() == stored[0].position
         assert await store.find_idempotent("noop-3") == []
+
+
+async def test_cancelled_jobs_leave_the_driver_usable(nats: NatsTarget) -> None:
+    """A Trio caller cancelled before or while its job runs on the asyncio side
+    abandons it cleanly; the connection keeps serving."""
+    async with open_nats(nats.url) as conn:
+        with trio.CancelScope() as early:
+            early.cancel()
+            await conn.run(lambda _: asyncio.sleep(0))
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def sleeper() -> None:
+                with scope:
+                    await conn.run(lambda _: asyncio.sleep(3600))
+
+            nursery.start_soon(sleeper)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.statistics().jobs_in_flight == 1
+            scope.cancel()
+        assert conn.statistics().jobs_in_flight == 0
+        assert (await conn.api("$JS.API.INFO"))[
+            "type"
+        ] == "io.nats.jetstream.api.v1.account_info_response"

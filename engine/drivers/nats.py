@@ -19,8 +19,9 @@ engine errors.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -165,6 +166,18 @@ class _Counters:
 
 
 @attrs.define(eq=False)
+class _Job:
+    """One coroutine handed from Trio to the asyncio loop, and its outcome."""
+
+    coroutine: Coroutine[Any, Any, Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    task: asyncio.Task[Any] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+
+@attrs.define(eq=False)
 class NatsConnection:
     """One nats-py client on its own asyncio loop; Trio tasks submit jobs to it.
 
@@ -185,6 +198,12 @@ class NatsConnection:
     _tokens: itertools.count[int] = attrs.field(factory=itertools.count)
     # Set (and replaced) on the Trio thread whenever the connection state changes.
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    # The bridge: jobs cross in bursts, with one wake-up per burst and direction (not
+    # one per job), so that concurrent callers share the cost of waking a thread.
+    _to_loop: collections.deque[_Job] = attrs.field(factory=collections.deque)
+    _loop_wakeup_pending: bool = False
+    _to_trio: collections.deque[_Job] = attrs.field(factory=collections.deque)
+    _trio_wakeup_pending: bool = False
 
     @property
     def max_payload(self) -> int:
@@ -238,27 +257,63 @@ class NatsConnection:
         return await self._submit(self._guarded(job, client))
 
     async def _submit(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        done = trio.Event()
-        token = self._token
-
-        def wake(_: object) -> None:
-            # Runs on the asyncio thread (or at once on this one if already done).
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
-
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        future.add_done_callback(wake)
+        job = _Job(coroutine)
+        self._to_loop.append(job)
+        if not self._loop_wakeup_pending:
+            self._loop_wakeup_pending = True
+            self._loop.call_soon_threadsafe(self._start_jobs)
         self._counters.jobs_in_flight += 1
         try:
-            await done.wait()
+            await job.done.wait()
         finally:
             self._counters.jobs_in_flight -= 1
-            if not future.done():
-                future.cancel()
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise trio.ClosedResourceError("the NATS connection was closed") from None
+            if not job.done.is_set():
+                job.abandoned = True
+                self._loop.call_soon_threadsafe(self._cancel_job, job)
+        if job.error is not None:
+            raise job.error
+        result: T = job.result
+        return result
+
+    # The flags are written by both threads; each side clears its flag *before* it
+    # drains its queue, so a job appended after the drain always gets a wake-up.
+
+    def _start_jobs(self) -> None:  # asyncio thread
+        self._loop_wakeup_pending = False
+        while self._to_loop:
+            job = self._to_loop.popleft()
+            if job.abandoned:
+                job.coroutine.close()
+                continue
+            job.task = self._loop.create_task(job.coroutine)
+            job.task.add_done_callback(functools.partial(self._job_done, job))
+
+    def _cancel_job(self, job: _Job) -> None:  # asyncio thread
+        if job.task is not None:
+            job.task.cancel()
+
+    def _job_done(self, job: _Job, task: asyncio.Task[Any]) -> None:  # asyncio thread
+        if task.cancelled():
+            job.error = trio.ClosedResourceError("the NATS job was cancelled")
+        elif (error := task.exception()) is not None:
+            job.error = error
+        else:
+            job.result = task.result()
+        self._to_trio.append(job)
+        if not self._trio_wakeup_pending:
+            self._trio_wakeup_pending = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._finish_jobs)
+
+    def _finish_jobs(self) -> None:  # Trio thread
+        self._trio_wakeup_pending = False
+        while self._to_trio:
+            self._to_trio.popleft().done.set()
+
+    def _close_unstarted(self) -> None:
+        """After the loop thread ended: jobs that never reached it will not run."""
+        while self._to_loop:
+            self._to_loop.popleft().coroutine.close()
 
     async def request(
         self,
@@ -642,3 +697,5 @@ async def open_nats(
         with trio.CancelScope(shield=True):
             # A worker thread cannot be cancelled: bound the join itself.
             await trio.to_thread.run_sync(thread.join, CLOSE_GRACE)
+        if not thread.is_alive():
+            connection._close_unstarted()
