@@ -5,13 +5,14 @@ always``) and prints, for each workload, the store through the Trio driver besid
 nats-py in plain asyncio (a child process, no trio-asyncio imported) and beside nats-py
 driven from Trio through trio-asyncio, the alternative bridge.
 
-Run: /tmp/venv/bin/python -m benchmarks.nats_store_quick [READ_EVENTS]
+Run: /tmp/venv/bin/python -m benchmarks.nats_store_quick [READ_EVENTS [ROUNDS]]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -203,13 +204,6 @@ async def _store(url: str, read_events: int) -> dict[str, float]:
             await store.append(f"fill-{count % 7}", new(500))
             count += 500
 
-        start, position, read = time.perf_counter(), 0, 0
-        while page := await store.read_all(after_position=position, limit=PAGE):
-            read += len(page)
-            position = page[-1].position
-        out["read_all"] = _rate(read, start)
-        out["read_all_events"] = read
-
         # The driver alone: the same pages, bare payloads, nothing decoded.
         start, sequence, read = time.perf_counter(), 1, 0
         while True:
@@ -221,6 +215,13 @@ async def _store(url: str, read_events: int) -> dict[str, float]:
             read += len(batch.data)
             sequence = batch.last_sequence + 1
         out["read_direct"] = _rate(read, start)
+
+        start, position, read = time.perf_counter(), 0, 0
+        while page := await store.read_all(after_position=position, limit=PAGE):
+            read += len(page)
+            position = page[-1].position
+        out["read_all"] = _rate(read, start)
+        out["read_all_events"] = read
 
         start = time.perf_counter()
         loaded = await store.load("fill-0")
@@ -286,59 +287,78 @@ async def _trio_asyncio(url: str, read_events: int) -> dict[str, float]:
     return out
 
 
+def _variant(name: str, url: str, read_events: int) -> dict[str, float]:
+    """One variant in a fresh process, so that no run inherits another's asyncio state."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.nats_store_quick",
+            "--variant",
+            name,
+            url,
+            str(read_events),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--raw":
-        print(json.dumps(asyncio.run(_raw(sys.argv[2], int(sys.argv[3])))))
+    if len(sys.argv) > 4 and sys.argv[1] == "--variant":
+        name, url, read_events = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        if name == "raw":
+            result = asyncio.run(_raw(url, read_events))
+        else:
+            import trio
+
+            runner = _store if name == "store" else _trio_asyncio
+            result = trio.run(runner, url, read_events)
+        print(json.dumps(result))
         return
     read_events = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-
-    import trio
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
     from tests.servers import run_nats
 
+    runs: dict[str, list[dict[str, float]]] = {"raw": [], "store": [], "trio-asyncio": []}
     with run_nats() as server:
-        raw_run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.nats_store_quick",
-                "--raw",
-                server.url,
-                str(read_events),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        raw = json.loads(raw_run.stdout)
-        store = trio.run(_store, server.url, read_events)
-        bridged = trio.run(_trio_asyncio, server.url, read_events)
+        # Interleaved rounds, medians reported: fsync-bound figures swing with whatever
+        # else uses the disk, and each variant should see the same weather.
+        for _ in range(rounds):
+            for name, results in runs.items():
+                results.append(_variant(name, server.url, read_events))
 
+    raw, store, bridged = runs["raw"], runs["store"], runs["trio-asyncio"]
     rows = [
         ("single-event appends, sequential", "single", "single", "single"),
         (f"single-event appends, {TASKS} concurrent", "concurrent", "concurrent", "concurrent"),
         (f"{BATCH}-event atomic batch (events/s)", "batch", "batch", "batch"),
         (
-            f"read_all, {store['read_all_events']:.0f} events (events/s)",
+            f"read_all, {_median(store, 'read_all_events'):.0f} events (events/s)",
             "read_all",
             "read_direct",
             None,
         ),
+        ("  bare payloads via direct get (events/s)", "read_direct", "read_direct", "read_direct"),
     ]
+    print(f"medians of {rounds} interleaved rounds")
     print(f"{'workload':46} {'store':>9} {'raw asyncio':>12} {'ratio':>6} {'trio-asyncio':>13}")
     for label, mine, floor, other in rows:
-        ratio = store[mine] / raw[floor]
-        bridged_text = f"{bridged[other]:13.0f}" if other else f"{'':13}"
-        print(f"{label:46} {store[mine]:9.0f} {raw[floor]:12.0f} {ratio:6.2f} {bridged_text}")
-    label = f"load one stream of {store['load_events']:.0f} events (events/s)"
-    print(f"{label:46} {store['load']:9.0f}")
-    label = "bare payloads via direct get (events/s)"
-    ratio = store["read_direct"] / raw["read_direct"]
-    print(
-        f"{label:46} {store['read_direct']:9.0f} {raw['read_direct']:12.0f} {ratio:6.2f}"
-        f" {bridged['read_direct']:13.0f}"
-    )
-    print(f"{'raw ordered consumer replay (events/s)':46} {'':9} {raw['read_ordered']:12.0f}")
+        ours, theirs = _median(store, mine), _median(raw, floor)
+        bridged_text = f"{_median(bridged, other):13.0f}" if other else f"{'':13}"
+        print(f"{label:46} {ours:9.0f} {theirs:12.0f} {ours / theirs:6.2f} {bridged_text}")
+    label = f"load one stream of {_median(store, 'load_events'):.0f} events (events/s)"
+    print(f"{label:46} {_median(store, 'load'):9.0f}")
+    label = "raw ordered consumer replay (events/s)"
+    print(f"{label:46} {'':9} {_median(raw, 'read_ordered'):12.0f}")
 
 
 if __name__ == "__main__":
