@@ -38,7 +38,11 @@ from engine.handler import CommandHandler
 from engine.locks.memory import MemoryLockRegistry
 from engine.middleware import profiler_middleware
 from engine.observability.commands import command_middleware
-from engine.observability.instrumented import InstrumentedLocks, InstrumentedStore
+from engine.observability.instrumented import (
+    InstrumentedCheckpointStore,
+    InstrumentedLocks,
+    InstrumentedStore,
+)
 from engine.observability.metrics import CONTENT_TYPE, EngineMetrics, MetricSources
 from engine.observability.profiler import Profiler
 from engine.observability.status import (
@@ -55,6 +59,7 @@ from engine.runners.base import ErrorPolicy, OnFailure, RunnerState, RunnerStati
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import run_supervised
+from engine.stores.base import CheckpointStore
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
 __all__ = ["STORE_BACKENDS", "Engine", "open_engine", "open_store_from_config"]
@@ -415,6 +420,14 @@ async def open_engine(
         store: InstrumentedStore[Any] = InstrumentedStore(
             raw_store, profiler=profiler, metrics=metrics
         )
+        # The memory backend keeps no checkpoints of its own: they live in memory too.
+        checkpoints: CheckpointStore = (
+            store
+            if hasattr(raw_store, "save_checkpoint")
+            else InstrumentedCheckpointStore(
+                MemoryCheckpointStore(), profiler=profiler, metrics=metrics
+            )
+        )
         bus: ChannelEventBus[Any] = ChannelEventBus()
         locks = InstrumentedLocks(MemoryLockRegistry(node_id))
         dead_letters = MemoryDeadLetterStore()
@@ -500,7 +513,7 @@ async def open_engine(
                     # An in-memory read model starts empty, so it must start from the
                     # beginning: its checkpoint lives in memory too. Only a durable read
                     # model may resume from a stored checkpoint (under a lease).
-                    checkpoints=store if setup.durable else MemoryCheckpointStore(),
+                    checkpoints=checkpoints if setup.durable else MemoryCheckpointStore(),
                     locks=locks if setup.durable else None,
                     **common,
                 )
@@ -511,7 +524,11 @@ async def open_engine(
                 registry.register(name, observed)
                 engine.runner_kinds[name] = "automation"
                 engine.runners[name] = AutomationRunner(
-                    name=name, handler=registry.handle, checkpoints=store, locks=locks, **common
+                    name=name,
+                    handler=registry.handle,
+                    checkpoints=checkpoints,
+                    locks=locks,
+                    **common,
                 )
 
         metrics.watch(

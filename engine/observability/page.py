@@ -200,7 +200,7 @@ function drawModel(model) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
       const mx = (x1 + x2) / 2;
       d = `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
-      lx = mx; ly = (y1 + y2) / 2 - 3;
+      lx = x1 + 4; ly = y1 - 4;
     } else {
       // An automation's command goes back to the first column: loop underneath.
       const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H + 2;
@@ -240,7 +240,9 @@ function chart(series, span) {
 }
 
 function drawRunners(data) {
-  const span = data.history.seconds;
+  // The charts span the history kept so far (at least a minute), up to all of it.
+  const ages = Object.values(data.history.runners).flatMap(r => r.age);
+  const span = Math.min(data.history.seconds, Math.max(60, ...ages));
   const rows = data.runners.map(r => h("tr", {"data-runner": r.name, "data-lag": r.lag,
       "data-checkpoint": r.checkpoint, "data-state": r.state},
     h("td", {}, r.name), h("td", {}, r.kind),

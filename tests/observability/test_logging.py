@@ -1,0 +1,223 @@
+"""Structured logging: JSON lines with the command fields, and no secrets, ever."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine.codec import Codec, EventRegistry
+from engine.decider import Decider
+from engine.errors import DomainError
+from engine.handler import CommandContext, CommandHandler, CommandResult, NextHandler
+from engine.observability.commands import command_middleware
+from engine.observability.logging import (
+    REDACTED,
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    redact_text,
+)
+from engine.observability.metrics import EngineMetrics
+from engine.observability.status import EventModel, RecentErrors
+from engine.stores.memory import MemoryStore
+
+
+def record(message: str, *args: Any, **extra: Any) -> logging.LogRecord:
+    """A log record as ``logger.info(message, *args, extra=extra)`` makes it."""
+    made = logging.LogRecord("eskit.test", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(made, key, value)
+    return made
+
+
+def test_json_lines_carry_the_extra_fields() -> None:
+    """A JSON line has time, level, logger, message, the static fields and every extra."""
+    line = json.loads(
+        JsonFormatter({"node_id": "node-1"}).format(
+            record("handled %s", "Deposit", stream_id="acc-1", duration_ms=1.5, command_id=None)
+        )
+    )
+    assert line["time"].endswith("+00:00")
+    del line["time"]
+    assert line == {
+        "level": "info",
+        "logger": "eskit.test",
+        "message": "handled Deposit",
+        "node_id": "node-1",
+        "stream_id": "acc-1",
+        "duration_ms": 1.5,
+        "command_id": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("connecting to postgresql://eskit:hunter2@db:5432/app failed", "hunter2"),
+        ("nats://user:s3cr3t@nats.local:4222 is down", "s3cr3t"),
+        ("conninfo host=db password=hunter2 user=eskit", "hunter2"),
+        ("conninfo host=db password='hunter 2' user=eskit", "hunter"),
+        ("header Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        ("api_key=AKIA1234 token: tok-987", "AKIA1234"),
+        ("api_key=AKIA1234 token: tok-987", "tok-987"),
+    ],
+)
+def test_secrets_in_text_are_redacted(text: str, secret: str) -> None:
+    """URL passwords, key=value secrets and bearer tokens never survive redaction."""
+    cleaned = redact_text(text)
+    assert secret not in cleaned
+    assert REDACTED in cleaned
+
+
+def test_secret_fields_messages_and_tracebacks_are_redacted() -> None:
+    """Secret-named fields, secrets in the message and in an exception's text are scrubbed."""
+    try:
+        raise ConnectionError("cannot reach postgresql://app:pa55word@db/app")
+    except ConnectionError:
+        import sys
+
+        exc_info = sys.exc_info()
+    made = record(
+        "store url %s",
+        "postgresql://app:pa55word@db/app",
+        dsn="postgresql://app:pa55word@db/app",
+        token="tok",
+        headers={"Authorization": "Bearer xyz", "accept": "json"},
+        password_hint=["x"],
+    )
+    made.exc_info = exc_info
+    for formatter in (JsonFormatter(), TextFormatter("n1")):
+        out = formatter.format(made)
+        assert "pa55word" not in out
+        assert "xyz" not in out
+    line = json.loads(JsonFormatter().format(made))
+    assert line["dsn"] == line["token"] == line["password_hint"] == REDACTED
+    assert line["headers"] == {"Authorization": REDACTED, "accept": "json"}
+    assert "ConnectionError" in line["exception"]
+
+
+def test_configure_logging_replaces_its_own_handler() -> None:
+    """Configuring twice leaves one handler; the environment picks JSON and the level."""
+    logger = logging.getLogger("eskit.test.configure")
+    first = io.StringIO()
+    configure_logging(logger=logger, stream=first, environ={})
+    second = io.StringIO()
+    handler = configure_logging(
+        logger=logger,
+        stream=second,
+        node_id="n7",
+        environ={"ESKIT_LOG_FORMAT": "json", "ESKIT_LOG_LEVEL": "warning"},
+    )
+    try:
+        assert logger.handlers == [handler]
+        logger.info("hidden")
+        logger.warning("shown %d", 1)
+        assert first.getvalue() == ""
+        [line] = [json.loads(text) for text in second.getvalue().splitlines()]
+        assert (line["message"], line["node_id"], line["level"]) == ("shown 1", "n7", "warning")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+@attrs.frozen
+class Pay:
+    amount: int
+    password: str = "hunter2"
+
+
+@attrs.frozen
+class Paid:
+    amount: int
+
+
+def decide(state: int, command: Pay) -> Sequence[Paid]:
+    if command.amount == 0:
+        raise DomainError("nothing to pay")
+    if command.amount < 0:
+        raise RuntimeError("the ledger is on fire")
+    return [Paid(command.amount)]
+
+
+payments: Decider[int, Pay, Paid] = Decider(
+    initial_state=lambda: 0,
+    decide=decide,
+    evolve=lambda state, event: state + event.amount,
+    command_types=(Pay,),
+    event_types=(Paid,),
+)
+
+
+async def test_every_command_is_logged_with_its_fields(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each command logs stream, type, id, node, outcome and its duration; never its payload."""
+    registry = EventRegistry()
+    registry.register(Paid, name="pay.Paid")
+    stream = io.StringIO()
+    logger = logging.getLogger("eskit.test.commands")
+    handler = configure_logging(
+        logger=logger, stream=stream, json_format=True, level="INFO", environ={}
+    )
+    metrics, errors = EngineMetrics(), RecentErrors()
+
+    async def slow(context: CommandContext[Any], call_next: NextHandler) -> CommandResult[Any, Any]:
+        await trio.sleep(0.125)
+        return await call_next(context)
+
+    commands: CommandHandler[int, Pay, Paid] = CommandHandler(
+        decider=payments,
+        store=MemoryStore(Codec(registry)),
+        middleware=[
+            command_middleware(
+                plugin="pay",
+                names={Pay: "PayNow"},
+                node_id="node-9",
+                metrics=metrics,
+                errors=errors,
+                model=EventModel(),
+                logger=logger,
+            ),
+            slow,
+        ],
+    )
+    try:
+        await commands.handle("acct-1", Pay(5), command_id="cmd-1")
+        with pytest.raises(DomainError):
+            await commands.handle("acct-1", Pay(0))
+        with pytest.raises(RuntimeError):
+            await commands.handle("acct-1", Pay(-1), command_id="cmd-3")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    output = stream.getvalue()
+    assert "hunter2" not in output
+    handled, rejected, failed = [json.loads(line) for line in output.splitlines()]
+    for line in (handled, rejected, failed):
+        assert line["stream_id"] == "acct-1"
+        assert line["command_type"] == "PayNow"
+        assert line["node_id"] == "node-9"
+        assert line["plugin"] == "pay"
+        assert line["duration_ms"] == 125.0
+    assert [line["command_id"] for line in (handled, rejected, failed)] == ["cmd-1", None, "cmd-3"]
+    assert [line["outcome"] for line in (handled, rejected, failed)] == [
+        "handled",
+        "rejected",
+        "failed",
+    ]
+    assert [line["level"] for line in (handled, rejected, failed)] == ["info", "info", "warning"]
+    assert (handled["events"], handled["version"]) == (1, 1)
+    assert rejected["error"] == "domain_rejected"
+    assert failed["error"] == "RuntimeError"
+    assert [(e.kind, e.source) for e in errors.entries()] == [
+        ("failed", "command pay.PayNow"),
+        ("rejected", "command pay.PayNow"),
+    ]
