@@ -7,6 +7,7 @@ exactly as a database backend would.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,8 @@ class MemoryDcbStore(Generic[E]):
     now: Callable[[], dt.datetime] = utc_now
     _log: list[_Record] = attrs.field(factory=list, init=False)
     _ids: dict[uuid.UUID, int] = attrs.field(factory=dict, init=False)
+    _by_tag: dict[str, list[int]] = attrs.field(factory=dict, init=False)
+    _by_type: dict[str, list[int]] = attrs.field(factory=dict, init=False)
     _appended: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     async def read(
@@ -73,13 +76,11 @@ class MemoryDcbStore(Generic[E]):
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         head = len(self._log)
-        events: list[SequencedEvent[E]] = []
-        for record in self._log[max(after or 0, 0) :]:
-            if query is None or query.matches(record.type, record.tag_set):
-                events.append(self._decode(record))
-                if limit is not None and len(events) == limit:
-                    return ReadResult(events, record.position)
-        return ReadResult(events, head)
+        positions = self._matching(query, max(after or 0, 0))
+        if limit is not None and len(positions) >= limit:
+            positions = positions[:limit]
+            head = positions[-1]
+        return ReadResult([self._decode(self._log[p - 1]) for p in positions], head)
 
     async def append(
         self, events: Sequence[DcbEvent[E]], condition: AppendCondition | None = None
@@ -123,6 +124,9 @@ class MemoryDcbStore(Generic[E]):
                 )
             )
             self._ids[event.event_id] = position
+            self._by_type.setdefault(type_name, []).append(position)
+            for tag in event.tags:
+                self._by_tag.setdefault(tag, []).append(position)
         self._appended.set()
         self._appended = trio.Event()
         return len(self._log)
@@ -147,10 +151,27 @@ class MemoryDcbStore(Generic[E]):
         return follow(self, query, after=after, batch_size=batch_size)
 
     def _first_match(self, query: Query, after: int) -> int | None:
-        for record in self._log[max(after, 0) :]:
-            if query.matches(record.type, record.tag_set):
-                return record.position
-        return None
+        positions = self._matching(query, after)
+        return positions[0] if positions else None
+
+    def _matching(self, query: Query | None, after: int) -> list[int]:
+        """Positions above ``after`` of the events matching ``query``, ascending."""
+        if query is None or query.matches_all:
+            return list(range(after + 1, len(self._log) + 1))
+        found: set[int] = set()
+        for item in query.items:
+            if item.tags:
+                # Walk the shortest tag's positions; check the rest on the record.
+                shortest = min((self._by_tag.get(tag, []) for tag in item.tags), key=len)
+                for position in shortest[bisect.bisect_right(shortest, after) :]:
+                    record = self._log[position - 1]
+                    if item.matches(record.type, record.tag_set):
+                        found.add(position)
+            else:
+                for type_name in item.types:
+                    positions = self._by_type.get(type_name, [])
+                    found.update(positions[bisect.bisect_right(positions, after) :])
+        return sorted(found)
 
     def _decode(self, record: _Record) -> SequencedEvent[E]:
         payload = record.payload

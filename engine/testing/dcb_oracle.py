@@ -140,7 +140,14 @@ class AppendRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Plain values, for workers in other processes."""
-        return attrs.asdict(self, recurse=True, retain_collection_types=False)
+        return {
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "event_ids": list(self.event_ids),
+            "items": [[list(types), list(tags)] for types, tags in self.items],
+            "after": self.after,
+            "position": self.position,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> AppendRecord:
