@@ -148,8 +148,8 @@ function drawModel(model) {
   svg.append(defs);
   const columns = ["commands", "events", "read models & automations"];
   columns.forEach((c, i) => svg.append(s("text", {class: "column", x: COL_X[i], y: 14}, c)));
-  const bands = s("g", {}), edges = s("g", {}), nodes = s("g", {});
-  svg.append(bands, edges, nodes);
+  const bands = s("g", {}), edges = s("g", {}), nodes = s("g", {}), labels = s("g", {});
+  svg.append(bands, edges, nodes, labels);
   let y = 24;
   for (const plugin of model.plugins) {
     const readers = [
@@ -215,7 +215,7 @@ function drawModel(model) {
       "data-count": observed ? edge.count : 0},
       s("title", {}, `${edge.from} ${edge.kind} ${edge.to}` +
                      (observed ? ` (seen ${edge.count}\u00d7)` : " (declared)"))));
-    if (observed) edges.append(s("text", {class: "count", x: lx, y: ly}, "\u00d7" + edge.count));
+    if (observed) labels.append(s("text", {class: "count", x: lx, y: ly}, "\u00d7" + edge.count));
   }
   svg.setAttribute("height", bottom);
   svg.setAttribute("viewBox", `0 0 830 ${bottom}`);
