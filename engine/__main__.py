@@ -93,7 +93,10 @@ def _run(config_path: str | None) -> int:
     from engine.daemon.config import load_config
     from engine.daemon.engine import open_engine
 
+    from engine.observability.logging import configure_logging
+
     config = load_config(config_path)
+    configure_logging(node_id=config.engine.node_id)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
