@@ -92,7 +92,6 @@ def _run(config_path: str | None) -> int:
 
     from engine.daemon.config import load_config
     from engine.daemon.engine import open_engine
-
     from engine.observability.logging import configure_logging
 
     config = load_config(config_path)
