@@ -50,12 +50,15 @@ __all__ = [
     "EXPECTED_LAST_SUBJECT_SEQUENCE",
     "MSG_ID",
     "DirectBatch",
+    "InMsg",
     "JetStreamApiError",
     "NatsConnection",
     "NatsStatistics",
+    "NoRespondersError",
     "OutMsg",
     "PubAck",
     "StoredMsg",
+    "Subscription",
     "open_nats",
 ]
 
@@ -101,6 +104,41 @@ class JetStreamApiError(RuntimeError):
 
     def __str__(self) -> str:
         return f"JetStream error {self.err_code} ({self.code}): {self.description}"
+
+
+class NoRespondersError(ConnectionError):
+    """Nobody subscribes to a request's subject: the request was certainly not handled."""
+
+
+@attrs.frozen
+class InMsg:
+    """A core NATS message received by a :meth:`NatsConnection.subscribe` subscription.
+
+    Attributes:
+        subject: Where it was published.
+        data: The payload.
+        headers: Its headers (empty when it had none).
+        reply: Where an answer goes (``""`` when the sender expects none).
+    """
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    reply: str
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """A subscription's Trio end: a bounded channel of :class:`InMsg` and a drop count.
+
+    Attributes:
+        messages: Receive the messages here (``async for msg in sub.messages``).
+        dropped: Messages thrown away because ``messages`` was full (a slow consumer
+            never slows the connection down; the sender of a dropped request times out).
+    """
+
+    messages: trio.MemoryReceiveChannel[InMsg]
+    dropped: int = 0
 
 
 @attrs.frozen
@@ -327,7 +365,20 @@ class NatsConnection:
         *,
         headers: Mapping[str, str] | None = None,
     ) -> StoredMsg:
-        """Send a core NATS request and return the reply (``sequence`` is 0)."""
+        """Send a core NATS request and return the reply (``sequence`` is 0).
+
+        Args:
+            subject: Where the request goes.
+            data: Its payload.
+            headers: Its headers.
+
+        A shorter wait than the connection's ``request_timeout`` is a Trio deadline
+        around the call.
+
+        Raises:
+            NoRespondersError: Nobody subscribes to ``subject`` (nothing was handled).
+            TimeoutError: No reply in time (whether it was handled is unknown).
+        """
         wait = self._timeout
 
         async def job(client: Client) -> StoredMsg:
@@ -337,6 +388,89 @@ class NatsConnection:
             return StoredMsg(msg.subject, 0, msg.data, msg.headers or {})
 
         return await self.run(job)
+
+    async def send(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+        reply: str = "",
+    ) -> None:
+        """Publish one core NATS message (no acknowledgement; also answers a request
+        when ``subject`` is the request's :attr:`InMsg.reply`)."""
+
+        async def job(client: Client) -> None:
+            await client.publish(
+                subject, data, reply=reply, headers=dict(headers) if headers else None
+            )
+
+        await self.run(job)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, subject: str, *, queue: str = "", buffer_size: int = 256
+    ) -> AsyncIterator[Subscription]:
+        """Receive the core NATS messages on ``subject`` while the block is open.
+
+        Args:
+            subject: The subject (wildcards allowed).
+            queue: A queue group: each message goes to one member of the group.
+            buffer_size: Messages that may wait in the Trio channel; later ones are
+                dropped (counted in :attr:`Subscription.dropped`) until it drains.
+
+        Resource handling:
+            The subscription survives reconnects (nats-py subscribes again). Messages
+            cross to Trio in bursts (one wake-up per burst). On exit the subscription
+            is removed (shielded, bounded) and the channel closed.
+        """
+        send_channel, receive_channel = trio.open_memory_channel[InMsg](buffer_size)
+        handle = Subscription(receive_channel)
+        arrived: collections.deque[InMsg] = collections.deque()
+        wakeup = [False]
+        token = self._token
+
+        def deliver() -> None:  # Trio thread
+            wakeup[0] = False
+            while arrived:
+                msg = arrived.popleft()
+                try:
+                    send_channel.send_nowait(msg)
+                except trio.WouldBlock:
+                    handle.dropped += 1
+                except trio.ClosedResourceError:
+                    arrived.clear()
+
+        async def on_message(msg: Msg) -> None:  # asyncio thread
+            arrived.append(InMsg(msg.subject, msg.data, msg.headers or {}, msg.reply or ""))
+            if not wakeup[0]:
+                wakeup[0] = True
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(deliver)
+
+        async def start(client: Client) -> Any:
+            # No nats-py pending limits: the Trio channel's bound is the one that counts.
+            return await client.subscribe(
+                subject,
+                queue=queue,
+                cb=on_message,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
+            )
+
+        sub = await self.run(start)
+        try:
+            async with send_channel, receive_channel:
+                yield handle
+        finally:
+
+            async def stop(_: Client) -> None:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
+            with trio.move_on_after(CLOSE_GRACE, shield=True):
+                with contextlib.suppress(trio.ClosedResourceError, ConnectionError):
+                    await self.run(stop)
 
     async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call a JetStream API subject (``$JS.API....``) and return the parsed reply.
@@ -513,7 +647,7 @@ class NatsConnection:
         except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
             raise ValueError(f"invalid NATS subject or header: {exc!r}") from None
         except nats.errors.NoRespondersError:
-            raise ConnectionError(
+            raise NoRespondersError(
                 "no responders (is JetStream enabled, and does the stream exist?)"
             ) from None
         except nats.errors.Error as exc:
