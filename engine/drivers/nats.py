@@ -29,6 +29,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -471,6 +472,22 @@ class NatsConnection:
             with trio.move_on_after(CLOSE_GRACE, shield=True):
                 with contextlib.suppress(trio.ClosedResourceError, ConnectionError):
                     await self.run(stop)
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far has reached the server (a PING/PONG).
+
+        A :meth:`subscribe` block entered before is then in effect at the server, so
+        messages that *other* connections publish from now on are delivered to it.
+
+        Raises:
+            TimeoutError: No PONG within the request timeout.
+        """
+        wait = self._timeout
+
+        async def job(client: Client) -> None:
+            await client.flush(timeout=max(1, math.ceil(wait)))
+
+        await self.run(job)
 
     async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call a JetStream API subject (``$JS.API....``) and return the parsed reply.
