@@ -5,13 +5,14 @@ their own names (``dcb_events``, ``dcb_tags``, ``dcb_schema_migrations``), so on
 can hold both. Every name is quoted, so any schema name works.
 
 Tags are indexed in a B-tree table ``dcb_tags (tag, position)``. Measured against a GIN
-index on ``tags`` (``benchmarks/dcb_pg_tag_index.py``, course-subscription decisions =
-read + conditional append, 0 to 3M events, noisy 2-core VM): the two were within
-0.7x-1.4x of each other at every size when each used its best query shape; but GIN's row
-estimates for ``@>`` are a constant guess, and the natural ``position IN (...)`` read
-turned into a sequential scan with it (47 vs 1121 decisions/s at 200k events). The
-B-tree gives the planner real statistics and serves ``tag = t AND position > after`` as
-one index range scan, so it is kept.
+index on ``tags`` (``python -m benchmarks.dcb_pg_tag_index``: course-subscription
+decisions = read + conditional append, logs of 0 to 3M events, on a shared 2-core VM),
+B-tree ran at 0.7x to 2.0x the decisions/s of GIN, with no trend as the log grew,
+once each used its best query shape. The difference is in the failure mode: GIN's row
+estimate for ``@>`` is a constant guess (0.5% of the table), and with it the natural
+``position IN (...)`` read became a parallel sequential scan (at 200k events 46 vs 690
+decisions/s, 47 vs 1121 reads/s, with the same query shape for both). The B-tree gives the planner real per-tag statistics and serves
+``tag = t AND position > after`` as one index range scan, so it is kept.
 """
 
 from __future__ import annotations

@@ -115,8 +115,8 @@ def _initial_schema(db: Database) -> None:
 
 _COLUMNS = "position, type, schema_version, data, metadata, tags, event_id, recorded_at"
 _INSERT_EVENT = (
-    "INSERT INTO dcb_events (type, schema_version, data, metadata, tags, event_id, recorded_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dcb_events (position, type, schema_version, data, metadata, tags, event_id,"
+    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -284,11 +284,14 @@ class SqliteDcbStore(Generic[E]):
                 conflict = _first_match(conn, condition.fail_if_events_match, condition.after or 0)
                 if conflict is not None:
                     return "conflict", conflict
-            position = 0
-            for event in encoded:
-                cursor = conn.execute(
-                    _INSERT_EVENT,
+            # Positions are assigned here, under the write lock, so that one executemany
+            # writes the events and another their tags.
+            first = int(conn.execute("SELECT max(position) FROM dcb_events").fetchone()[0] or 0) + 1
+            conn.executemany(
+                _INSERT_EVENT,
+                [
                     (
+                        first + offset,
                         event.type,
                         event.schema_version,
                         event.data,
@@ -296,14 +299,19 @@ class SqliteDcbStore(Generic[E]):
                         _tags_json(event),
                         event.event_id.bytes,
                         micros,
-                    ),
-                )
-                position = int(cursor.lastrowid or 0)
-                if event.tags:
-                    conn.executemany(
-                        "INSERT INTO dcb_tags (tag, position) VALUES (?, ?)",
-                        [(tag, position) for tag in event.tags],
                     )
+                    for offset, event in enumerate(encoded)
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO dcb_tags (tag, position) VALUES (?, ?)",
+                [
+                    (tag, first + offset)
+                    for offset, event in enumerate(encoded)
+                    for tag in event.tags
+                ],
+            )
+            position = first + len(encoded) - 1
             return "ok", position
 
         status, position = await self._db.write(job)

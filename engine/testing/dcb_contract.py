@@ -574,6 +574,7 @@ class DcbStoreContract:
         """Random concurrent conditional appends: every accepted condition held at its
         position, rejected batches left nothing, positions and ids are clean."""
         report = await run_oracle_tasks(dcb_backend.open_store, dcb_backend.oracle_settings)
+        print(f"{dcb_backend.name} oracle: {report.summary()}")
         assert report.violations == [], report.summary()
         assert report.accepted > 0
         assert report.rejected > 0

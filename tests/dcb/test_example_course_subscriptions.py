@@ -285,7 +285,7 @@ def test_state_of_the_decision() -> None:
 
 async def test_capacity_holds_under_concurrent_subscriptions(open_dcb: DcbOpener) -> None:
     """Ten students race for three places: exactly three get in, the rest are refused."""
-    codec = Codec(course_registry())
+    codec: Codec[Any] = Codec(course_registry())
     outcomes: dict[str, str] = {}
 
     async def student(n: int) -> None:
@@ -312,7 +312,7 @@ async def test_capacity_holds_under_concurrent_subscriptions(open_dcb: DcbOpener
 
 async def test_student_limit_holds_under_concurrent_subscriptions(open_dcb: DcbOpener) -> None:
     """One student subscribing to eight courses at once ends with exactly five."""
-    codec = Codec(course_registry())
+    codec: Codec[Any] = Codec(course_registry())
     refused: list[str] = []
 
     async def subscribe(course: int) -> None:

@@ -78,7 +78,7 @@ def test_resubmission_is_refused() -> None:
 
 async def test_double_submit_places_one_order(open_dcb: DcbOpener) -> None:
     """Five concurrent submissions with one token place exactly one order."""
-    codec = Codec(order_registry())
+    codec: Codec[Any] = Codec(order_registry())
     outcomes: list[str] = []
 
     async def submit(n: int) -> None:
@@ -100,7 +100,7 @@ async def test_double_submit_places_one_order(open_dcb: DcbOpener) -> None:
 async def test_retrying_an_append_returns_the_original_position(open_dcb: DcbOpener) -> None:
     """A retried append (same event ids) is answered with the first position, even though
     its own events now fail the condition, and nothing is stored twice."""
-    codec = Codec(order_registry())
+    codec: Codec[Any] = Codec(order_registry())
     event = placed("o1", "tok-1")
     condition = AppendCondition(Query.of(tags=["idempotency:tok-1"]))
     async with open_dcb(codec) as store:

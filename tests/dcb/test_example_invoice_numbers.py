@@ -77,7 +77,7 @@ def test_next_invoice_follows_the_last() -> None:
 async def test_concurrent_invoices_are_numbered_without_gaps(open_dcb: DcbOpener) -> None:
     """Eight clients creating ten invoices each, beside unrelated writers, number them
     1..80 with no gap and no duplicate."""
-    codec = Codec(invoice_registry())
+    codec: Codec[Any] = Codec(invoice_registry())
     clients, per_client = 8, 10
     conflicts: list[int] = []
 

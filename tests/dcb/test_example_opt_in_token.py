@@ -160,7 +160,7 @@ def test_initiate_rules() -> None:
 
 async def test_a_token_confirms_once_under_concurrency(open_dcb: DcbOpener) -> None:
     """Six concurrent confirmations of one OTP: one succeeds, five see it used."""
-    codec = Codec(signup_registry())
+    codec: Codec[Any] = Codec(signup_registry())
     results: list[str] = []
 
     async def confirm() -> None:

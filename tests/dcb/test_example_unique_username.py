@@ -220,7 +220,7 @@ def test_change_and_close_rules() -> None:
 
 async def test_concurrent_registrations_have_one_winner(open_dcb: DcbOpener) -> None:
     """Ten accounts racing for one username: one registers, nine are refused."""
-    codec = Codec(account_registry())
+    codec: Codec[Any] = Codec(account_registry())
     winners: list[str] = []
     refused: list[str] = []
 
@@ -243,7 +243,7 @@ async def test_concurrent_registrations_have_one_winner(open_dcb: DcbOpener) -> 
 
 async def test_username_is_free_again_after_closing(open_dcb: DcbOpener) -> None:
     """Register, close, register again under another account, against a real store."""
-    codec = Codec(account_registry())
+    codec: Codec[Any] = Codec(account_registry())
     async with open_dcb(codec) as store:
         register = DecisionHandler(model=register_account, store=store)
         close = DecisionHandler(model=close_account, store=store)
