@@ -30,6 +30,7 @@ from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
     "BusConfig",
+    "ClusterConfig",
     "Config",
     "EngineConfig",
     "HttpConfig",
@@ -90,24 +91,38 @@ class StoreConfig:
     dsn: str = ""
     read_dsn: str = ""
     schema: str = "eskit"
+    #: Most connections to the primary (PostgreSQL), and the fewest kept open.
     pool_size: int = attrs.field(default=10, validator=_positive)
+    min_pool_size: int = attrs.field(default=1, validator=_positive)
+    #: Most connections to the replica named by ``read_dsn``.
+    read_pool_size: int = attrs.field(default=10, validator=_positive)
     max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, validator=_positive)
     namespace: str = "eskit"
 
 
 @attrs.frozen(kw_only=True)
 class NatsConfig:
-    """``[nats]``: an external server (``url``) or an embedded one (``embedded = true``)."""
+    """``[nats]``: an external server (``url``) or an embedded one (``embedded = true``).
+
+    An external server takes a ``token``, a ``user`` and ``password``, a ``credentials``
+    file (JWT and NKey seed) or an ``nkey_seed`` file, and TLS options (``tls_ca`` to
+    verify the server, ``tls_cert`` and ``tls_key`` for a client certificate). The
+    embedded server listens on ``embedded_host:embedded_port`` (port 0: a free port
+    picked at start) and keeps JetStream's files in ``<data_dir>/nats``.
+    """
 
     url: str = ""
     embedded: bool = False
-    token: str = ""
+    token: str = attrs.field(default="", repr=False)
     user: str = ""
-    password: str = ""
+    password: str = attrs.field(default="", repr=False)
     credentials: str = ""
+    nkey_seed: str = ""
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = attrs.field(default=0, validator=_port)
 
 
 @attrs.frozen(kw_only=True)
@@ -123,6 +138,23 @@ class LocksConfig:
 
     backend: LocksBackend = "memory"
     ttl: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: command routing between nodes (active with shared locks and NATS).
+
+    A node owns a stream while it holds the stream's lease; commands for a stream owned
+    elsewhere are forwarded to the owner over NATS.
+    """
+
+    routing: bool = True
+    #: Seconds a forwarded command may take before the caller gets ``unknown_outcome``.
+    forward_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Seconds a node keeps a stream's lease after the stream's last command.
+    idle_release: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds a node waits for the lease of a stream nobody owned.
+    take_timeout: float = attrs.field(default=1.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -166,6 +198,7 @@ class Config:
     nats: NatsConfig = attrs.field(factory=NatsConfig)
     bus: BusConfig = attrs.field(factory=BusConfig)
     locks: LocksConfig = attrs.field(factory=LocksConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     http: HttpConfig = attrs.field(factory=HttpConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     runners: RunnersConfig = attrs.field(factory=RunnersConfig)
@@ -173,6 +206,19 @@ class Config:
     def data_path(self, name: str) -> Path:
         """``name`` inside the data folder (absolute paths are kept as they are)."""
         return Path(self.engine.data_dir).expanduser() / name
+
+    def uses_nats(self) -> bool:
+        """Whether a backend needs a NATS connection (store, bus or locks)."""
+        return "nats" in (self.store.backend, self.bus.backend, self.locks.backend)
+
+    def routes_commands(self) -> bool:
+        """Whether commands are routed to their stream's owner: routing is on, the
+        locks are shared between nodes, and NATS is there to carry the requests."""
+        return (
+            self.cluster.routing
+            and self.locks.backend != "memory"
+            and bool(self.nats.url or self.nats.embedded)
+        )
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -286,17 +332,18 @@ def _check_backends(config: Config, source: str) -> None:
     problems = []
     if config.store.backend == "postgres" and not config.store.dsn:
         problems.append("store.dsn: required for the postgres backend (or set ESKIT_STORE__DSN)")
-    uses_nats = (
-        config.store.backend == "nats"
-        or config.bus.backend == "nats"
-        or config.locks.backend == "nats"
-    )
-    if uses_nats and not (config.nats.url or config.nats.embedded):
+    if config.uses_nats() and not (config.nats.url or config.nats.embedded):
         problems.append("nats.url: required when a backend is nats (or set nats.embedded = true)")
     if config.nats.url and config.nats.embedded:
         problems.append("nats: give either url or embedded = true, not both")
     if config.locks.backend == "postgres" and config.store.backend != "postgres":
         problems.append("locks.backend: postgres locks need store.backend = postgres")
+    if config.nats.tls_key and not config.nats.tls_cert:
+        problems.append("nats.tls_key: needs nats.tls_cert (the client certificate)")
+    if config.nats.credentials and config.nats.nkey_seed:
+        problems.append("nats: give either credentials or nkey_seed, not both")
+    if config.store.min_pool_size > config.store.pool_size:
+        problems.append("store.min_pool_size: must be <= store.pool_size")
     if problems:
         raise ConfigError(f"config error in {source}: " + "; ".join(problems))
 

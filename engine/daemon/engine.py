@@ -6,6 +6,13 @@ then the HTTP server. Leaving the block shuts down in reverse order: the ingress
 taking requests, the runners are cancelled (their checkpoints make that safe), the store
 closes.
 
+Backends come from tables of ``open_*`` factories keyed by the config
+(:data:`STORE_BACKENDS`, :data:`BUS_BACKENDS`, :data:`LOCK_BACKENDS`). One NATS
+connection is shared by every NATS backend and by cluster command routing; with
+``[nats] embedded = true`` it goes to a ``nats-server`` the engine runs under its
+supervisor (:mod:`engine.drivers.nats_server`). With shared locks and NATS, commands are
+routed to the node that owns their stream (:mod:`engine.cluster`).
+
 Observability (:mod:`engine.observability`): the store and the lock registry are
 wrapped so that every store call is profiled, counted and logged and the held leases are
 known; every command handler logs, counts and profiles its commands; the metrics live in
@@ -18,8 +25,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +35,19 @@ import attrs
 import cattrs
 import trio
 
+from engine.bus.base import EventBus
 from engine.bus.channel import ChannelEventBus
+from engine.cluster import ClusterRouter, CommandRequest, open_cluster_router
 from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, make_converter
-from engine.daemon.config import Config
-from engine.daemon.http import HttpError, HttpIngress, serve_http
+from engine.daemon.config import Config, NatsConfig
+from engine.daemon.http import HttpError, HttpIngress, serve_http, status_for
 from engine.daemon.plugins import load_plugins
-from engine.errors import CodecError, DuplicateEventTypeError, PluginError
+from engine.drivers.nats import NatsConnection, open_nats
+from engine.drivers.nats_server import EmbeddedNats
+from engine.errors import CodecError, ConfigError, DuplicateEventTypeError, PluginError
 from engine.events import Event
 from engine.handler import CommandHandler
+from engine.locks.base import LockRegistry
 from engine.locks.memory import MemoryLockRegistry
 from engine.middleware import profiler_middleware
 from engine.observability.commands import command_middleware
@@ -58,11 +71,20 @@ from engine.router import CommandRouter
 from engine.runners.base import ErrorPolicy, OnFailure, RunnerState, RunnerStatistics
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
-from engine.runners.supervisor import run_supervised
+from engine.runners.supervisor import RestartPolicy, run_supervised
 from engine.stores.base import CheckpointStore
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
-__all__ = ["STORE_BACKENDS", "Engine", "open_engine", "open_store_from_config"]
+__all__ = [
+    "BUS_BACKENDS",
+    "LOCK_BACKENDS",
+    "STORE_BACKENDS",
+    "Engine",
+    "nats_connect_options",
+    "open_engine",
+    "open_nats_from_config",
+    "open_store_from_config",
+]
 
 logger = logging.getLogger("eskit.engine")
 
@@ -70,13 +92,83 @@ logger = logging.getLogger("eskit.engine")
 READ_YOUR_WRITES_TIMEOUT = 5.0
 
 
+#: How the embedded nats-server is restarted: quickly at first, and the engine stops
+#: (with the server's log in the error) when restarting does not help.
+NATS_SERVER_POLICY = RestartPolicy(max_restarts=5, window=60.0, backoff_initial=0.2)
+
+
+def nats_connect_options(nats: NatsConfig) -> dict[str, Any]:
+    """The ``nats.connect`` options of ``[nats]``: authentication and TLS.
+
+    Raises:
+        ConfigError: A TLS file cannot be read.
+    """
+    options: dict[str, Any] = {}
+    if nats.token:
+        options["token"] = nats.token
+    if nats.user:
+        options["user"] = nats.user
+        options["password"] = nats.password
+    if nats.credentials:
+        options["user_credentials"] = str(Path(nats.credentials).expanduser())
+    if nats.nkey_seed:
+        options["nkeys_seed"] = str(Path(nats.nkey_seed).expanduser())
+    if nats.tls_ca or nats.tls_cert:
+        try:
+            context = ssl.create_default_context(cafile=nats.tls_ca or None)
+            if nats.tls_cert:
+                context.load_cert_chain(nats.tls_cert, nats.tls_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"nats.tls_*: cannot load the TLS files: {exc}") from None
+        options["tls"] = context
+    return options
+
+
 @asynccontextmanager
-async def _open_memory(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+async def open_nats_from_config(config: Config) -> AsyncIterator[NatsConnection | None]:
+    """The engine's one NATS connection, or ``None`` when nothing needs NATS.
+
+    With ``nats.embedded`` the connection goes to a ``nats-server`` started here under
+    the supervisor (restarted when it exits or fails its health check); the client
+    reconnects to it on the same port.
+    """
+    if not (config.uses_nats() or config.routes_commands()):
+        await trio.lowlevel.checkpoint()
+        yield None
+        return
+    name = f"eskit-{config.engine.node_id}"
+    if not config.nats.embedded:
+        async with open_nats(
+            config.nats.url, name=name, **nats_connect_options(config.nats)
+        ) as connection:
+            yield connection
+        return
+    server = EmbeddedNats.create(
+        config.data_path("nats"), host=config.nats.embedded_host, port=config.nats.embedded_port
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(run_supervised, name="nats-server", policy=NATS_SERVER_POLICY),
+            server.run,
+        )
+        try:
+            async with open_nats(server.url, name=name) as connection:
+                yield connection
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _open_memory(
+    config: Config, codec: Codec[Any], nats: NatsConnection | None
+) -> AsyncIterator[Any]:
     yield MemoryStore(codec, max_event_bytes=config.store.max_event_bytes)
 
 
 @asynccontextmanager
-async def _open_sqlite(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+async def _open_sqlite(
+    config: Config, codec: Codec[Any], nats: NatsConnection | None
+) -> AsyncIterator[Any]:
     from engine.stores.sqlite import open_sqlite_store
 
     path = config.data_path(config.store.path)
@@ -91,7 +183,9 @@ async def _open_sqlite(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
 
 
 @asynccontextmanager
-async def _open_postgres(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+async def _open_postgres(
+    config: Config, codec: Codec[Any], nats: NatsConnection | None
+) -> AsyncIterator[Any]:
     from engine.stores.postgres import open_postgres_store
 
     async with open_postgres_store(
@@ -99,28 +193,39 @@ async def _open_postgres(config: Config, codec: Codec[Any]) -> AsyncIterator[Any
         codec,
         schema=config.store.schema,
         max_event_bytes=config.store.max_event_bytes,
+        min_pool_size=config.store.min_pool_size,
         max_pool_size=config.store.pool_size,
         read_dsn=config.store.read_dsn or None,
+        read_pool_size=config.store.read_pool_size,
         name=f"eskit-{config.engine.node_id}",
     ) as store:
         yield store
 
 
 @asynccontextmanager
-async def _open_nats(config: Config, codec: Codec[Any]) -> AsyncIterator[Any]:
+async def _open_nats(
+    config: Config, codec: Codec[Any], nats: NatsConnection | None
+) -> AsyncIterator[Any]:
     from engine.stores.nats import open_nats_store
 
+    if nats is None and config.nats.embedded:
+        raise ConfigError(
+            "the NATS store of an embedded server can only be opened while the engine runs"
+        )
     async with open_nats_store(
-        config.nats.url,
+        nats if nats is not None else config.nats.url,
         codec,
         namespace=config.store.namespace,
         max_event_bytes=config.store.max_event_bytes,
+        **({} if nats is not None else nats_connect_options(config.nats)),
     ) as store:
         yield store
 
 
 #: ``store.backend`` -> how to open it (STYLE: a table of factories, no string magic).
-STORE_BACKENDS: Mapping[str, Callable[[Config, Codec[Any]], AbstractAsyncContextManager[Any]]] = {
+STORE_BACKENDS: Mapping[
+    str, Callable[[Config, Codec[Any], NatsConnection | None], AbstractAsyncContextManager[Any]]
+] = {
     "memory": _open_memory,
     "sqlite": _open_sqlite,
     "postgres": _open_postgres,
@@ -128,9 +233,55 @@ STORE_BACKENDS: Mapping[str, Callable[[Config, Codec[Any]], AbstractAsyncContext
 }
 
 
-def open_store_from_config(config: Config, codec: Codec[Any]) -> AbstractAsyncContextManager[Any]:
-    """Open the event store the config names (also used by the CLI's offline commands)."""
-    return STORE_BACKENDS[config.store.backend](config, codec)
+def open_store_from_config(
+    config: Config, codec: Codec[Any], *, nats: NatsConnection | None = None
+) -> AbstractAsyncContextManager[Any]:
+    """Open the event store the config names (also used by the CLI's offline commands).
+
+    Args:
+        config: The configuration.
+        codec: The events' codec.
+        nats: A NATS connection to share; without one a NATS store opens its own.
+    """
+    return STORE_BACKENDS[config.store.backend](config, codec, nats)
+
+
+@asynccontextmanager
+async def _open_memory_bus(config: Config, nats: NatsConnection | None) -> AsyncIterator[Any]:
+    await trio.lowlevel.checkpoint()
+    yield ChannelEventBus()
+
+
+#: ``bus.backend`` -> how to open it, given the shared NATS connection.
+BUS_BACKENDS: Mapping[
+    str, Callable[[Config, NatsConnection | None], AbstractAsyncContextManager[Any]]
+] = {
+    "memory": _open_memory_bus,
+}
+
+
+@asynccontextmanager
+async def _open_memory_locks(
+    config: Config, nats: NatsConnection | None, store: Any
+) -> AsyncIterator[LockRegistry]:
+    await trio.lowlevel.checkpoint()
+    yield MemoryLockRegistry(config.engine.node_id)
+
+
+#: ``locks.backend`` -> how to open it, given the shared NATS connection and the store.
+LOCK_BACKENDS: Mapping[
+    str, Callable[[Config, NatsConnection | None, Any], AbstractAsyncContextManager[LockRegistry]]
+] = {
+    "memory": _open_memory_locks,
+}
+
+
+def _backend(table: Mapping[str, Any], section: str, name: str) -> Any:
+    factory = table.get(name)
+    if factory is None:
+        known = ", ".join(sorted(table))
+        raise ConfigError(f"{section}.backend: {name!r} is not available (have: {known})")
+    return factory
 
 
 def merged_registry(plugins: Sequence[Plugin]) -> EventRegistry:
@@ -198,7 +349,7 @@ class Engine:
     config: Config
     store: Any
     codec: Codec[Any]
-    bus: ChannelEventBus[Any]
+    bus: EventBus[Any]
     router: CommandRouter
     plugins: dict[str, _LoadedPlugin]
     runners: dict[str, Runner[Any]] = attrs.field(factory=dict)
@@ -217,6 +368,8 @@ class Engine:
     runner_kinds: dict[str, str] = attrs.field(factory=dict, kw_only=True)
     #: When the engine started (Trio clock).
     started_at: float = attrs.field(default=0.0, kw_only=True)
+    #: Routes commands to their stream's owner (``None`` on a single node).
+    cluster: ClusterRouter | None = attrs.field(default=None, kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
     )
@@ -232,7 +385,56 @@ class Engine:
         data: Mapping[str, Any],
         command_id: str | None,
     ) -> dict[str, Any]:
-        """Structure ``data`` into the named command, handle it, and describe the result."""
+        """Structure ``data`` into the named command, handle it, and describe the result.
+
+        In a cluster the command runs on the node that owns its stream (see
+        :mod:`engine.cluster`); the result looks the same wherever it ran.
+
+        Raises:
+            UnknownOutcomeError: It was forwarded to its owner and no reply came in
+                time; send it again with the error's ``command_id``.
+        """
+        entry, value, stream_id = self._prepare(plugin, command, stream_id, data)
+        if self.cluster is not None:
+            return await self.cluster.send(
+                CommandRequest(
+                    plugin=plugin,
+                    command=command,
+                    stream_id=stream_id,
+                    data=dict(data),
+                    command_id=command_id,
+                )
+            )
+        return await self._handle(entry, value, stream_id, command_id)
+
+    async def handle_local(self, request: CommandRequest) -> dict[str, Any]:
+        """Handle a command on this node (what the cluster router calls)."""
+        entry, value, stream_id = self._prepare(
+            request.plugin, request.command, request.stream_id, request.data
+        )
+        return await self._handle(entry, value, stream_id, request.command_id)
+
+    def describe_error(self, error: BaseException) -> tuple[int, str, str]:
+        """``(status, code, message)`` of an error as the HTTP ingress answers it."""
+        status, code = status_for(error)
+        if status >= 500:
+            logger.error("a forwarded command failed", exc_info=error)
+            return status, code, f"internal error on node {self.config.engine.node_id!r}"
+        return status, code, getattr(error, "message", None) or str(error)
+
+    def cluster_status(self) -> dict[str, Any]:
+        """What command routing did on this node (``GET /cluster``)."""
+        if self.cluster is None:
+            return {"node_id": self.config.engine.node_id, "routing": False}
+        return {
+            "node_id": self.config.engine.node_id,
+            "routing": True,
+            **attrs.asdict(self.cluster.statistics()),
+        }
+
+    def _prepare(
+        self, plugin: str, command: str, stream_id: str | None, data: Mapping[str, Any]
+    ) -> tuple[_Command, Any, str]:
         loaded = self._plugin(plugin)
         entry = loaded.commands.get(command)
         if entry is None:
@@ -251,6 +453,11 @@ class Engine:
             if entry.binding.stream_id is None:
                 raise HttpError(400, "stream_id_required", f"{command} needs a stream_id")
             stream_id = entry.binding.stream_id(value)
+        return entry, value, stream_id
+
+    async def _handle(
+        self, entry: _Command, value: Any, stream_id: str, command_id: str | None
+    ) -> dict[str, Any]:
         result = await entry.handler.handle(stream_id, value, command_id=command_id)
         return {
             "stream_id": stream_id,
@@ -416,7 +623,11 @@ async def open_engine(
     metrics = EngineMetrics(node_id=node_id, version=_version())
     model = EventModel.from_plugins(plugins)
     errors = RecentErrors()
-    async with open_store_from_config(config, codec) as raw_store:
+    async with AsyncExitStack() as stack:
+        nats = await stack.enter_async_context(open_nats_from_config(config))
+        raw_store = await stack.enter_async_context(
+            open_store_from_config(config, codec, nats=nats)
+        )
         store: InstrumentedStore[Any] = InstrumentedStore(
             raw_store, profiler=profiler, metrics=metrics
         )
@@ -428,8 +639,14 @@ async def open_engine(
                 MemoryCheckpointStore(), profiler=profiler, metrics=metrics
             )
         )
-        bus: ChannelEventBus[Any] = ChannelEventBus()
-        locks = InstrumentedLocks(MemoryLockRegistry(node_id))
+        bus: EventBus[Any] = await stack.enter_async_context(
+            _backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
+        )
+        locks = InstrumentedLocks(
+            await stack.enter_async_context(
+                _backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
+            )
+        )
         dead_letters = MemoryDeadLetterStore()
         router = CommandRouter()
         engine = Engine(
@@ -531,6 +748,21 @@ async def open_engine(
                     **common,
                 )
 
+        if config.routes_commands():
+            assert nats is not None
+            engine.cluster = await stack.enter_async_context(
+                open_cluster_router(
+                    nats,
+                    locks,
+                    node_id=node_id,
+                    namespace=config.store.namespace,
+                    handle_local=engine.handle_local,
+                    describe_error=engine.describe_error,
+                    forward_timeout=config.cluster.forward_timeout,
+                    idle_release=config.cluster.idle_release,
+                    take_timeout=config.cluster.take_timeout,
+                )
+            )
         metrics.watch(
             MetricSources(
                 runners=engine.runner_statistics,

@@ -11,14 +11,18 @@ Routes:
 * ``GET /health/live``, ``GET /health/ready`` (ready = runners within their lag bound),
   ``GET /runners``, ``GET /metrics`` (Prometheus text), ``GET /profiler`` (percentiles
   per operation and degradations, JSON).
+* ``GET /cluster``: command routing on this node (streams owned, commands forwarded
+  and served).
 * ``GET /status``: the status page (HTML; it holds no data and needs no token), which
   polls ``GET /status.json`` (the data, token required like every other route).
 
 Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with stable codes: 400
 malformed, 401 unauthorized, 404 unknown plugin/command/query/route, 405 method, 409
-conflict, 413 too large, 422 rejected by the domain, 503 not caught up in time,
-500 anything else (logged, never
-crashing the server). With a token configured, every route but ``/health/live`` needs
+conflict, 413 too large, 422 rejected by the domain, 503 not caught up in time, 504
+``unknown_outcome`` (a command forwarded to its stream's owner got no reply in time;
+the body's ``command_id`` is the id to send it again with), 500 anything else (logged,
+never crashing the server). A command forwarded to another node answers with the
+owner's status and code, as if it had run here. With a token configured, every route but ``/health/live`` needs
 ``Authorization: Bearer <token>``, compared in constant time.
 """
 
@@ -34,6 +38,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from engine.cluster import RemoteCommandError, UnknownOutcomeError
 from engine.errors import (
     CodecError,
     ConcurrencyError,
@@ -88,6 +93,8 @@ class EngineApi(Protocol):
 
     def profiler_json(self) -> Any: ...
 
+    def cluster_status(self) -> Any: ...
+
 
 class HttpError(EskitError):
     """An error with an HTTP status, raised by the ingress or by a plugin query."""
@@ -100,6 +107,7 @@ class HttpError(EskitError):
 
 
 _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (UnknownOutcomeError, 504),
     (EventTooLargeError, 413),
     (ConcurrencyError, 409),
     (IdempotencyConflictError, 409),
@@ -113,7 +121,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 
 def status_for(error: BaseException) -> tuple[int, str]:
     """The HTTP status and stable code of an engine error."""
-    if isinstance(error, HttpError):
+    if isinstance(error, HttpError | RemoteCommandError):
         return error.status, error.error_code
     for cls, status in _STATUS_BY_ERROR:
         if isinstance(error, cls):
@@ -167,7 +175,10 @@ class HttpIngress:
                 message = "internal error (see the engine log)"
             else:
                 message = getattr(error, "message", None) or str(error)
-            body = _json({"error": {"code": code, "message": message}})
+            described: dict[str, Any] = {"code": code, "message": message}
+            if isinstance(error, UnknownOutcomeError):
+                described["command_id"] = error.command_id
+            body = _json({"error": described})
             content_type = b"application/json"
         headers = [
             (b"content-type", content_type),
@@ -272,6 +283,9 @@ class HttpIngress:
             case ["status.json"]:
                 _require(method, "GET")
                 return 200, _json(await engine.status()), b"application/json"
+            case ["cluster"]:
+                _require(method, "GET")
+                return 200, _json(engine.cluster_status()), b"application/json"
             case ["profiler"]:
                 _require(method, "GET")
                 return 200, _json(engine.profiler_json()), b"application/json"
