@@ -1,7 +1,7 @@
 """The PostgreSQL driver: the one place psycopg connections are opened, bridged to Trio
 and closed.
 
-Two resources:
+Three resources:
 
 * :func:`open_pg_pool` wraps a synchronous :class:`psycopg_pool.ConnectionPool`. Every
   :meth:`PgPool.run` call hands one whole unit of work (a function of a connection: a
@@ -11,6 +11,10 @@ Two resources:
 * :func:`run_pg_listener` is a service that LISTENs on one channel and reports
   notifications; it waits for the socket with :func:`trio.lowlevel.wait_readable`, so it
   holds no thread while idle, and reconnects on its own.
+* :func:`open_pg_session` holds one dedicated connection outside any pool, for state
+  that lives in a session (advisory locks): its statements run one at a time, each in a
+  worker thread, and are never abandoned half-way (a statement that outlives its
+  timeout breaks the session instead).
 
 Why threads and not async psycopg under trio-asyncio: measured on the project's 2-core
 VM, ``SELECT 1`` through ``trio.to_thread.run_sync`` ran at 4.2k/s and through
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import select
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -53,7 +59,9 @@ __all__ = [
     "PgConnection",
     "PgPool",
     "PgPoolStatistics",
+    "PgSession",
     "open_pg_pool",
+    "open_pg_session",
     "run_pg_listener",
 ]
 
@@ -356,3 +364,205 @@ async def run_pg_listener(
                     await trio.to_thread.run_sync(conn.close)
         await trio.sleep(delay)
         delay = min(delay * 2, LISTENER_MAX_RETRY_DELAY)
+
+
+#: Seconds a :class:`PgSession` statement may run before the session is declared broken.
+DEFAULT_SESSION_TIMEOUT = 5.0
+
+
+@attrs.define(eq=False)
+class _SessionCall:
+    """One statement of a session, travelling to a worker thread."""
+
+    fn: Callable[[PgConnection], Any]
+    conn: PgConnection
+    token: trio.lowlevel.TrioToken
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    abandoned: bool = False
+    done: bool = False
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+    def run(self) -> Any:
+        """Runs in the worker thread."""
+        try:
+            return self.fn(self.conn)
+        finally:
+            with self.lock:
+                self.done = True
+                abandoned = self.abandoned
+            if abandoned:
+                self.token.run_sync_soon(self.finished.set)
+
+    def abandon(self) -> bool:
+        """Mark the call abandoned; True if the worker thread has not finished it yet."""
+        with self.lock:
+            self.abandoned = True
+            return not self.done
+
+
+@attrs.define(eq=False)
+class PgSession:
+    """One dedicated PostgreSQL connection (autocommit, UTC), outside any pool.
+
+    Get one from :func:`open_pg_session`. Session state (advisory locks, ``LISTEN``)
+    lives as long as the connection, so a session that breaks loses it: callers watch
+    :meth:`check` and start over with a new session.
+    """
+
+    _conn: PgConnection
+    _token: trio.lowlevel.TrioToken
+    backend_pid: int
+    statement_timeout: float = DEFAULT_SESSION_TIMEOUT
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _broken: str | None = None
+    _stuck: list[_SessionCall] = attrs.field(factory=list)
+
+    @property
+    def broken(self) -> bool:
+        """Whether the session is unusable (a statement failed to end, or it was closed)."""
+        return self._broken is not None or self._conn.broken or self._conn.closed
+
+    async def run(self, fn: Callable[[PgConnection], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread, after the session's other calls.
+
+        The call is shielded from the caller's cancellation, so that a statement that
+        changes session state (taking an advisory lock) never completes unseen; a
+        cancelled caller sees its cancellation at its next checkpoint. If it runs past
+        :attr:`statement_timeout`, the session asks the server to cancel it, cuts the
+        connection if that does not help, and is broken from then on.
+
+        Raises:
+            TimeoutError: The call did not finish in time (the session is broken now).
+            psycopg.OperationalError: The session is broken (the server terminated it,
+                the connection dropped, or an earlier call timed out).
+            psycopg.Error: From ``fn``.
+        """
+        with trio.CancelScope(shield=True):
+            result = await self._run_locked(fn)
+        return result
+
+    async def _run_locked(self, fn: Callable[[PgConnection], T]) -> T:
+        async with self._lock:
+            if self.broken:
+                raise psycopg.OperationalError(f"the session is broken: {self._broken}")
+            call = _SessionCall(fn, self._conn, self._token)
+            with trio.move_on_after(self.statement_timeout):
+                result: T = await trio.to_thread.run_sync(call.run, abandon_on_cancel=True)
+                return result
+            self._broken = f"a statement ran longer than {self.statement_timeout} s"
+            if call.abandon():
+                await self._interrupt(call)
+            raise TimeoutError(self._broken)
+
+    async def _interrupt(self, call: _SessionCall) -> None:
+        """End a statement that outlived its timeout: cancel it, then cut the socket."""
+        with trio.move_on_after(self.cancel_grace):
+            await trio.to_thread.run_sync(
+                partial(_cancel_quietly, self._conn, self.cancel_grace), abandon_on_cancel=True
+            )
+            await call.finished.wait()
+            return
+        # The server cannot be reached: shutting the socket down makes libpq's blocked
+        # read fail at once, so the worker thread ends.
+        with (
+            contextlib.suppress(OSError, psycopg.Error),
+            socket.socket(fileno=os.dup(self._conn.fileno())) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+        with trio.move_on_after(self.cancel_grace):
+            await call.finished.wait()
+            return
+        self._stuck.append(call)
+
+    async def check(self) -> bool:
+        """Whether the session still works: ``SELECT 1`` answered in time."""
+        try:
+            await self.run(_select_one)
+        except (psycopg.Error, TimeoutError):
+            return False
+        return True
+
+    async def wait_readable(self) -> None:
+        """Wait until the server sends something unasked (it usually means it hung up).
+
+        An idle session has nothing to read; a server that terminates the backend sends
+        an error and closes the socket, which wakes this at once. Data that a running
+        statement reads wakes it too: follow it with :meth:`check`. Only one task may
+        wait at a time.
+        """
+        if self.broken:
+            await trio.lowlevel.checkpoint()
+            return
+        await trio.lowlevel.wait_readable(self._conn.fileno())
+
+
+def _select_one(conn: PgConnection) -> None:
+    conn.execute("SELECT 1")
+
+
+def _cancel_quietly(conn: PgConnection, grace: float) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.cancel_safe(timeout=grace)
+
+
+@asynccontextmanager
+async def open_pg_session(
+    dsn: str,
+    *,
+    application_name: str = "eskit-session",
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    statement_timeout: float = DEFAULT_SESSION_TIMEOUT,
+    cancel_grace: float = DEFAULT_CANCEL_GRACE,
+    close_grace: float = DEFAULT_CLOSE_GRACE,
+    **options: Any,
+) -> AsyncIterator[PgSession]:
+    """Open one dedicated connection to ``dsn`` and yield it as a :class:`PgSession`.
+
+    Args:
+        dsn: Where to connect.
+        application_name: The connection's name in ``pg_stat_activity``.
+        connect_timeout: Seconds to wait for the connection.
+        statement_timeout: Seconds a statement may run before the session is broken.
+        cancel_grace: Seconds a statement that outlived its timeout gets to stop.
+        close_grace: Seconds closing may take.
+        **options: Passed to :func:`psycopg.connect` (for example
+            ``tcp_user_timeout`` or ``keepalives_idle``).
+
+    Raises:
+        psycopg.OperationalError: The server cannot be reached or refuses the login.
+
+    Resource handling:
+        The connection is closed on exit (shielded, bounded by ``close_grace``), after
+        waiting (bounded) for any worker thread still running one of its statements.
+    """
+    conn: PgConnection = await trio.to_thread.run_sync(
+        partial(
+            psycopg.connect,
+            dsn,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=max(int(connect_timeout), 1),
+            **options,
+        )
+    )
+    session: PgSession | None = None
+    try:
+        await trio.to_thread.run_sync(_configure, conn)
+        session = PgSession(
+            conn,
+            trio.lowlevel.current_trio_token(),
+            conn.info.backend_pid,
+            statement_timeout=statement_timeout,
+            cancel_grace=cancel_grace,
+        )
+        yield session
+    finally:
+        with trio.move_on_after(close_grace, shield=True):
+            if session is not None:
+                session._broken = session._broken or "closed"
+                for call in session._stuck:
+                    await call.finished.wait()
+            with contextlib.suppress(OSError):
+                trio.lowlevel.notify_closing(conn.fileno())
+            await trio.to_thread.run_sync(conn.close)
