@@ -6,6 +6,26 @@ Importing this package has no side effects: no plugins load, no event loop start
 """
 
 from engine.codec import JSON, MSGPACK, ORJSON, Codec, EncodedEvent, EventRegistry, make_converter
+from engine.dcb.base import (
+    AppendCondition,
+    AppendConditionError,
+    DcbEvent,
+    DcbRetriesExhaustedError,
+    DcbStore,
+    DuplicateEventIdError,
+    Query,
+    QueryItem,
+    ReadResult,
+    SequencedEvent,
+)
+from engine.dcb.handler import (
+    DecisionHandler,
+    DecisionModel,
+    DecisionProjection,
+    DecisionResult,
+    combine_projections,
+)
+from engine.dcb.memory import MemoryDcbStore
 from engine.decider import Decider, View, combine
 from engine.errors import (
     CheckpointConflictError,
@@ -55,6 +75,8 @@ __all__ = [
     "JSON",
     "MSGPACK",
     "ORJSON",
+    "AppendCondition",
+    "AppendConditionError",
     "CheckpointConflictError",
     "CheckpointStore",
     "Codec",
@@ -67,8 +89,16 @@ __all__ = [
     "CommandSender",
     "ConcurrencyError",
     "ConfigError",
+    "DcbEvent",
+    "DcbRetriesExhaustedError",
+    "DcbStore",
     "Decider",
+    "DecisionHandler",
+    "DecisionModel",
+    "DecisionProjection",
+    "DecisionResult",
     "DomainError",
+    "DuplicateEventIdError",
     "DuplicateEventTypeError",
     "EncodedEvent",
     "EskitError",
@@ -85,6 +115,7 @@ __all__ = [
     "LockNotHeldError",
     "LockRegistry",
     "MemoryCheckpointStore",
+    "MemoryDcbStore",
     "MemoryLockRegistry",
     "MemorySnapshotStore",
     "MemoryStore",
@@ -95,9 +126,13 @@ __all__ = [
     "ProjectionContext",
     "ProjectionDefinition",
     "ProjectionSetup",
+    "Query",
+    "QueryItem",
     "Reactor",
     "ReactorRegistry",
+    "ReadResult",
     "RetriesExhaustedError",
+    "SequencedEvent",
     "Snapshot",
     "SnapshotStore",
     "StateCache",
@@ -106,6 +141,7 @@ __all__ = [
     "View",
     "ViewProjection",
     "combine",
+    "combine_projections",
     "logging_middleware",
     "make_converter",
     "profiler_middleware",

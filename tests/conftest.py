@@ -72,3 +72,18 @@ async def asyncio_loop() -> AsyncIterator[trio_asyncio.TrioEventLoop]:
     """The one trio-asyncio loop of a test; every asyncio-bridged fixture depends on it."""
     async with trio_asyncio.open_loop() as loop:
         yield loop
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the ``slow`` tier out unless it is asked for (``pytest -m slow``).
+
+    The slow tier (long soaks, larger oracles, many fault repetitions) runs on demand;
+    CI and ``make test`` run the bounded tier.
+    """
+    markexpr = str(config.getoption("markexpr", "") or "")
+    if "slow" in markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

@@ -297,7 +297,7 @@ class AppendConditionError(EskitError):
 class DcbRetriesExhaustedError(AppendConditionError):
     """A decision kept conflicting with concurrent writers until its retry budget ran out."""
 
-    code: ClassVar[str] = "retries_exhausted"
+    code: ClassVar[str] = "dcb_retries_exhausted"
 
     def __init__(
         self, condition: AppendCondition, position: int | None = None, attempts: int = 0

@@ -67,18 +67,3 @@ def open_dcb(request: pytest.FixtureRequest, tmp_path: Path) -> DcbOpener:
     if request.param == "postgres":
         return postgres_opener(request.getfixturevalue("pg"))
     return memory_opener()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave the ``slow`` DCB tiers out unless a marker expression asks for them."""
-    if config.option.markexpr:
-        return
-    here = str(config.rootpath / "tests" / "dcb")
-    slow = [
-        item
-        for item in items
-        if item.get_closest_marker("slow") and str(item.path).startswith(here)
-    ]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if item not in slow]
