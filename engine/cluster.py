@@ -31,6 +31,7 @@ a repeated command id with the original result (idempotency by command id).
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -198,10 +199,11 @@ ErrorDescriber = Callable[[BaseException], tuple[int, str, str]]
 @attrs.define(eq=False)
 class _Owned:
     stream_id: str
+    # Its deadline is when the lease is let go: pushed back after each command, and
+    # put off indefinitely while a command runs.
+    idle: trio.CancelScope
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     busy: int = 0
-    last_used: float = 0.0
-    released: trio.Event = attrs.field(factory=trio.Event)
 
 
 @attrs.define(eq=False)
@@ -316,13 +318,15 @@ class ClusterRouter:
     async def _run_owned(self, owned: _Owned, request: CommandRequest) -> dict[str, Any]:
         self._counts["local"] += 1
         owned.busy += 1
+        owned.idle.deadline = math.inf
         try:
             # One command of a stream at a time: they would only conflict.
             async with owned.lock:
                 return await self.handle_local(request)
         finally:
             owned.busy -= 1
-            owned.last_used = trio.current_time()
+            if not owned.busy:
+                owned.idle.deadline = trio.current_time() + self.idle_release
 
     async def _run_unowned(self, request: CommandRequest) -> dict[str, Any]:
         self._counts["unowned"] += 1
@@ -370,17 +374,17 @@ class ClusterRouter:
         key = stream_lease_key(stream_id)
         try:
             async with self.locks.hold(key):
-                owned = _Owned(stream_id, last_used=trio.current_time())
+                idle = trio.CancelScope(deadline=trio.current_time() + self.idle_release)
+                owned = _Owned(stream_id, idle)
                 self._owned[stream_id] = owned
                 if stream_id in self._taking:
                     self._taking[stream_id].set()
                 task_status.started(owned)
                 try:
-                    while owned.busy or trio.current_time() < owned.last_used + self.idle_release:
-                        await trio.sleep_until(owned.last_used + self.idle_release)
+                    with idle:
+                        await trio.sleep_forever()
                 finally:
                     del self._owned[stream_id]
-                    owned.released.set()
         except LockNotHeldError:
             logger.warning("lost the lease of stream %r", stream_id)
         except (OSError, TimeoutError, EskitError) as exc:
@@ -403,7 +407,7 @@ class ClusterRouter:
             trio.open_nursery() as nursery,
         ):
             self._nursery = nursery
-            limit = trio.CapacityLimiter(MAX_SERVING)
+            limit = trio.Semaphore(MAX_SERVING)
             task_status.started(self)
             try:
                 async for msg in sub.messages:
@@ -412,7 +416,7 @@ class ClusterRouter:
             finally:
                 self._nursery = None
 
-    async def _serve(self, msg: InMsg, limit: trio.CapacityLimiter) -> None:
+    async def _serve(self, msg: InMsg, limit: trio.Semaphore) -> None:
         try:
             self._counts["served"] += 1
             try:

@@ -268,11 +268,48 @@ async def _open_memory_locks(
     yield MemoryLockRegistry(config.engine.node_id)
 
 
+@asynccontextmanager
+async def _open_nats_locks(
+    config: Config, nats: NatsConnection | None, store: Any
+) -> AsyncIterator[LockRegistry]:
+    from engine.locks.nats import open_nats_lock_registry
+
+    assert nats is not None  # the engine opens NATS whenever a backend is nats
+    async with open_nats_lock_registry(
+        nats,
+        namespace=config.store.namespace,
+        owner_id=config.engine.node_id,
+        ttl=config.locks.ttl,
+    ) as registry:
+        yield registry
+
+
+@asynccontextmanager
+async def _open_postgres_locks(
+    config: Config, nats: NatsConnection | None, store: Any
+) -> AsyncIterator[LockRegistry]:
+    from engine.locks.postgres import open_pg_lock_registry
+
+    # Advisory locks end with their session: a dead node's leases go when PostgreSQL
+    # notices its connection is gone; ``locks.ttl`` bounds how long that may take.
+    async with open_pg_lock_registry(
+        config.store.dsn,
+        schema=config.store.schema,
+        owner_id=config.engine.node_id,
+        check_interval=max(config.locks.ttl / 3, 0.1),
+        statement_timeout=config.locks.ttl,
+        application_name=f"eskit-locks-{config.engine.node_id}",
+    ) as registry:
+        yield registry
+
+
 #: ``locks.backend`` -> how to open it, given the shared NATS connection and the store.
 LOCK_BACKENDS: Mapping[
     str, Callable[[Config, NatsConnection | None, Any], AbstractAsyncContextManager[LockRegistry]]
 ] = {
     "memory": _open_memory_locks,
+    "nats": _open_nats_locks,
+    "postgres": _open_postgres_locks,
 }
 
 
