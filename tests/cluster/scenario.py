@@ -285,6 +285,7 @@ async def run_scenario(
             figures.forwarded += routing["forwarded"]
             figures.served += routing["served"]
         await check_streams(survivors[0], streams, load)
+        await check_rejections(survivors, streams[0])
         # Bonus commands may still be in flight when the automation caught up: check
         # the audit after them.
         head = (await survivors[0].get("/events?after=0&limit=1"))["head"]
@@ -294,6 +295,21 @@ async def run_scenario(
         for node in nodes:
             await node.stop()
     return figures
+
+
+async def check_rejections(nodes: list[Node], stream_id: str) -> None:
+    """A domain rejection looks the same from every node, forwarded or not."""
+    body = {"stream_id": stream_id, "data": {"amount": 10**9}}
+    answers = []
+    for node in nodes:
+        connection = HttpConnection(node.url)
+        try:
+            answers.append(await connection.request("POST", "/commands/bank/Withdraw", body))
+        finally:
+            await connection.aclose()
+    assert [status for status, _ in answers] == [422] * len(nodes)
+    assert len({str(answer) for _, answer in answers}) == 1, answers
+    assert answers[0][1]["error"]["code"] == "insufficient_funds"
 
 
 async def check_streams(node: Node, streams: list[str], load: Load) -> None:
