@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     with_config(commands.add_parser("run", help="run the engine until SIGINT/SIGTERM"))
+    init = commands.add_parser("init", help="scaffold eskit.toml and a plugin package")
+    init.add_argument("name", help="the plugin's name (a lowercase identifier)")
+    init.add_argument("--dir", default=".", help="where to write (default: here)")
     with_config(commands.add_parser("check-config", help="validate a config and print it"))
     with_config(commands.add_parser("plugins", help="list the installed plugins"))
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
@@ -176,6 +179,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         match args.command:
             case "run":
                 return _run(args.config)
+            case "init":
+                from pathlib import Path
+
+                from engine.daemon.scaffold import ScaffoldError, scaffold
+
+                try:
+                    written = scaffold(args.name, Path(args.dir))
+                except ScaffoldError as error:
+                    print(f"eskit: {error}", file=sys.stderr)
+                    return 2
+                for path in written:
+                    print(f"wrote {path}")
+                print(f"next: cd {args.dir} && eskit run        (the engine with your plugin)")
+                print(f"      pytest {Path(args.dir) / args.name}   (its specs)")
+                print(
+                    f"      pip install -e {Path(args.dir) / args.name}   (to install it as a package)"
+                )
+                return 0
             case "check-config":
                 from engine.daemon.config import load_config
 

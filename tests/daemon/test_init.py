@@ -1,0 +1,113 @@
+"""``eskit init``: the scaffold installs, runs in the engine, and its specs pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.daemon.scaffold import ScaffoldError, scaffold
+from tests.daemon.test_daemon_process import start_daemon, stop_daemon
+from tests.daemon.test_engine import http
+from tests.servers import free_port
+
+
+def eskit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_scaffold_refuses_bad_names_and_overwrites(tmp_path: Path) -> None:
+    """Names must be lowercase identifiers; existing files are never overwritten."""
+    for bad in ("Shop", "my-shop", "class", "", "9lives"):
+        with pytest.raises(ScaffoldError):
+            scaffold(bad, tmp_path)
+    scaffold("shop", tmp_path)
+    result = eskit("init", "shop", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "will not overwrite" in result.stderr
+
+
+def test_specs_of_the_scaffold_pass(tmp_path: Path) -> None:
+    """The generated plugin's own specs pass as generated."""
+    assert eskit("init", "shop", cwd=tmp_path).returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "shop"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+
+
+async def test_scaffold_installs_and_runs(tmp_path: Path) -> None:
+    """The generated package installs with pip and the engine runs it from its entry point."""
+    assert eskit("init", "shop", cwd=tmp_path).returncode == 0
+    site = tmp_path / "site"
+    with trio.fail_after(300):
+        install = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(site),
+                str(tmp_path / "shop"),
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert install.returncode == 0, install.stderr.decode()
+    config = tmp_path / "installed.toml"
+    config.write_text(
+        f"""
+[engine]
+data_dir = "{tmp_path / "data"}"
+
+[http]
+port = {free_port()}
+
+[plugins]
+enabled = ["shop"]
+paths = ["{site}"]
+"""
+    )
+    proc, url = await start_daemon(config)
+    try:
+        status, body = await http(
+            f"{url}/commands/shop/Increment",
+            method="POST",
+            body={"stream_id": "visits", "data": {"by": 3}},
+        )
+        assert status == 200, body
+        position = body["events"][0]["position"]
+        status, body = await http(
+            f"{url}/queries/shop/value?counter=visits&wait_for_position={position}"
+        )
+        assert (status, body) == (200, {"counter": "visits", "value": 3})
+        status, body = await http(
+            f"{url}/commands/shop/Increment",
+            method="POST",
+            body={"stream_id": "visits", "data": {"by": 5000}},
+        )
+        assert (status, body["error"]["code"]) == (422, "domain_rejected")
+    finally:
+        code, output = await stop_daemon(proc)
+    assert code == 0, output
