@@ -252,11 +252,21 @@ async def _open_memory_bus(config: Config, nats: NatsConnection | None) -> Async
     yield ChannelEventBus()
 
 
+@asynccontextmanager
+async def _open_nats_bus(config: Config, nats: NatsConnection | None) -> AsyncIterator[Any]:
+    from engine.bus.nats import open_nats_event_bus
+
+    assert nats is not None  # the engine opens NATS whenever a backend is nats
+    async with open_nats_event_bus(nats, namespace=config.store.namespace) as bus:
+        yield bus
+
+
 #: ``bus.backend`` -> how to open it, given the shared NATS connection.
 BUS_BACKENDS: Mapping[
     str, Callable[[Config, NatsConnection | None], AbstractAsyncContextManager[Any]]
 ] = {
     "memory": _open_memory_bus,
+    "nats": _open_nats_bus,
 }
 
 

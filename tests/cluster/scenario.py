@@ -81,7 +81,7 @@ def cluster_config(
                 "pool_size": 4,
             },
             "nats": {"url": nats.url},
-            "bus": {"backend": "memory"},
+            "bus": {"backend": "nats"},
             "locks": {"backend": locks, "ttl": ttl},
             "cluster": {"forward_timeout": 2.0, "idle_release": 5.0, "take_timeout": 0.5},
             "http": {"port": port},

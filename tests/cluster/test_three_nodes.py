@@ -15,7 +15,7 @@ def report(locks: str, figures: object) -> None:
     print(f"\n[cluster, {locks} locks] {figures}")
 
 
-@pytest.mark.parametrize("locks", ["nats"])
+@pytest.mark.parametrize("locks", ["nats", "postgres"])
 async def test_round_robin_commands_survive_a_killed_node(
     tmp_path: Path, pg: PgTarget, nats: NatsTarget, locks: str
 ) -> None:
