@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
     events.add_argument("stream_id", nargs="?", help="a stream id (default: the whole log)")
     events.add_argument("--after", type=int, default=0, help="start after this version/position")
-    events.add_argument("--limit", type=int, default=100, help="at most this many events")
+    events.add_argument("--limit", type=int, default=100, help="at most this many events per read")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C"
+    )
 
     send = commands.add_parser("send", help="send a command to a running engine over HTTP")
     send.add_argument("plugin")
@@ -131,7 +135,13 @@ def _run(config_path: str | None) -> int:
     return 0
 
 
-def _events(config_path: str | None, stream_id: str | None, after: int, limit: int) -> int:
+#: Seconds between store reads while following.
+FOLLOW_INTERVAL = 0.5
+
+
+def _events(
+    config_path: str | None, stream_id: str | None, after: int, limit: int, follow: bool
+) -> int:
     import trio
 
     from engine.codec import Codec
@@ -146,28 +156,36 @@ def _events(config_path: str | None, stream_id: str | None, after: int, limit: i
     codec: Codec[Any] = Codec(merged_registry(plugins))
 
     async def main() -> None:
+        cursor = after
         async with open_store_from_config(config, codec) as store:
-            if stream_id is None:
-                events = await store.read_all(after_position=after, limit=limit)
-            else:
-                events = await store.load(stream_id, after_version=after, limit=limit)
-            for event in events:
-                data = codec._conv.unstructure(event.data)
-                print(
-                    json.dumps(
-                        {
-                            "position": event.position,
-                            "stream_id": event.stream_id,
-                            "version": event.version,
-                            "type": event.type,
-                            "data": data,
-                            "recorded_at": event.recorded_at.isoformat(),
-                        },
-                        ensure_ascii=False,
-                    )
-                )
+            while True:
+                if stream_id is None:
+                    events = await store.read_all(after_position=cursor, limit=max(limit, 1))
+                else:
+                    events = await store.load(stream_id, after_version=cursor, limit=limit)
+                print_events(events)
+                if events:
+                    last = events[-1]
+                    cursor = last.position if stream_id is None else last.version
+                if not follow:
+                    return
+                if len(events) < limit:
+                    await trio.sleep(FOLLOW_INTERVAL)
 
-    trio.run(main)
+    def print_events(events: list[Any]) -> None:
+        for event in events:
+            record = {
+                "position": event.position,
+                "stream_id": event.stream_id,
+                "version": event.version,
+                "type": event.type,
+                "data": codec._conv.unstructure(event.data),
+                "recorded_at": event.recorded_at.isoformat(),
+            }
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
+        trio.run(main)
     return 0
 
 
@@ -226,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"    automations: {', '.join(plugin.reactors) or '-'}")
                 return 0
             case "events":
-                return _events(args.config, args.stream_id, args.after, args.limit)
+                return _events(args.config, args.stream_id, args.after, args.limit, args.follow)
             case "send":
                 try:
                     data = json.loads(args.data)
