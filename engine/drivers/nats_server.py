@@ -91,6 +91,8 @@ class EmbeddedNats:
         port: The client port.
         monitor_port: The HTTP monitoring port (health checks).
         binary: The ``nats-server`` executable.
+        extra_config: More server configuration, appended to the generated file
+            (``authorization {...}``, ``tls {...}``...).
         starts: How many times the process was started.
         pid: The running process's id, or ``None``.
     """
@@ -101,6 +103,7 @@ class EmbeddedNats:
     monitor_port: int
     binary: Path
     max_payload: str = "8MB"
+    extra_config: str = ""
     starts: int = 0
     pid: int | None = None
     _healthy: trio.Event = attrs.field(factory=trio.Event)
@@ -114,6 +117,7 @@ class EmbeddedNats:
         port: int = 0,
         monitor_port: int = 0,
         binary: Path | None = None,
+        extra_config: str = "",
     ) -> EmbeddedNats:
         """Describe a server storing into ``store_dir``; ``0`` ports are picked now (free).
 
@@ -126,6 +130,7 @@ class EmbeddedNats:
             port=port or _free_port(host),
             monitor_port=monitor_port or _free_port(host),
             binary=binary or nats_server_binary(),
+            extra_config=extra_config,
         )
 
     @property
@@ -160,6 +165,7 @@ jetstream {{
   store_dir: "{self.store_dir / "jetstream"}"
   sync_interval: always
 }}
+{self.extra_config}
 """,
             encoding="utf-8",
         )

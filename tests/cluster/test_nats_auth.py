@@ -1,0 +1,156 @@
+"""The engine's NATS connection to an external server with a token, a user and
+password, or mutual TLS (real servers configured for each, certificates made with
+``openssl``)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from engine.daemon.config import parse_config
+from engine.daemon.engine import open_nats_from_config
+from engine.drivers.nats_server import EmbeddedNats
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    files = {
+        name: folder / f"{name}.pem"
+        for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
+    }
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=eskit test CA",
+        "-keyout",
+        str(files["ca-key"]),
+        "-out",
+        str(files["ca"]),
+    )
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        request = folder / f"{name}.csr"
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(files[f"{name}-key"]),
+            "-out",
+            str(request),
+        )
+        extfile = folder / f"{name}.ext"
+        extfile.write_text(extension + "\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(files["ca"]),
+            "-CAkey",
+            str(files["ca-key"]),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            str(extfile),
+            "-out",
+            str(files[name]),
+        )
+    return files
+
+
+async def run_server(nursery: trio.Nursery, folder: Path, extra_config: str) -> EmbeddedNats:
+    """A nats-server with ``extra_config`` (authorization or TLS), started in ``nursery``."""
+    server = EmbeddedNats.create(folder, extra_config=extra_config)
+    with trio.fail_after(30):
+        await nursery.start(server.run)
+    return server
+
+
+async def connect_and_echo(url: str, nats: dict[str, Any]) -> None:
+    """Open the engine's NATS connection with ``[nats]`` options and make a round trip."""
+    config = parse_config({"nats": {"url": url, **nats}, "bus": {"backend": "nats"}}, environ={})
+    async with open_nats_from_config(config) as connection:
+        assert connection is not None
+        async with connection.subscribe("auth.echo") as sub:
+            await connection.send("auth.echo", b"hello")
+            with trio.fail_after(10):
+                assert (await sub.messages.receive()).data == b"hello"
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("server_config", "good", "bad"),
+    [
+        ('authorization { token: "s3cret" }', {"token": "s3cret"}, {"token": "wrong"}),
+        (
+            'authorization { users: [{user: "eskit", password: "pw"}] }',
+            {"user": "eskit", "password": "pw"},
+            {"user": "eskit", "password": "nope"},
+        ),
+    ],
+    ids=["token", "user-password"],
+)
+async def test_token_and_user_password(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    server_config: str,
+    good: dict[str, str],
+    bad: dict[str, str],
+) -> None:
+    """The right secret connects; a wrong one fails at start with a connection error."""
+    server = await run_server(nursery, tmp_path / "nats", server_config)
+    await connect_and_echo(server.url, good)
+    with pytest.raises(ConnectionError):
+        await connect_and_echo(server.url, bad)
+
+
+async def test_mutual_tls(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """With the CA and a client certificate the engine connects over TLS; without the
+    client certificate the server refuses it."""
+    files = await trio.to_thread.run_sync(make_certificates, tmp_path)
+    server = await run_server(
+        nursery,
+        tmp_path / "nats",
+        f'tls {{ cert_file: "{files["server"]}", key_file: "{files["server-key"]}",'
+        f' ca_file: "{files["ca"]}", verify: true, timeout: 5 }}',
+    )
+    url = server.url.replace("nats://", "tls://")
+    await connect_and_echo(
+        url,
+        {
+            "tls_ca": str(files["ca"]),
+            "tls_cert": str(files["client"]),
+            "tls_key": str(files["client-key"]),
+        },
+    )
+    with pytest.raises(ConnectionError):
+        await connect_and_echo(url, {"tls_ca": str(files["ca"])})
