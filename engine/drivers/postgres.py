@@ -14,7 +14,7 @@ Three resources:
 * :func:`open_pg_session` holds one dedicated connection outside any pool, for state
   that lives in a session (advisory locks): its statements run one at a time, each in a
   worker thread, and are never abandoned half-way (a statement that outlives its
-  timeout breaks the session instead).
+  timeout breaks the session, which then shuts its socket down).
 
 Why threads and not async psycopg under trio-asyncio: measured on the project's 2-core
 VM, ``SELECT 1`` through ``trio.to_thread.run_sync`` ran at 4.2k/s and through
@@ -413,10 +413,9 @@ class PgSession:
     _token: trio.lowlevel.TrioToken
     backend_pid: int
     statement_timeout: float = DEFAULT_SESSION_TIMEOUT
-    cancel_grace: float = DEFAULT_CANCEL_GRACE
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _broken: str | None = None
-    _stuck: list[_SessionCall] = attrs.field(factory=list)
+    _stuck: _SessionCall | None = None
 
     @property
     def broken(self) -> bool:
@@ -428,9 +427,9 @@ class PgSession:
 
         The call is shielded from the caller's cancellation, so that a statement that
         changes session state (taking an advisory lock) never completes unseen; a
-        cancelled caller sees its cancellation at its next checkpoint. If it runs past
-        :attr:`statement_timeout`, the session asks the server to cancel it, cuts the
-        connection if that does not help, and is broken from then on.
+        cancelled caller sees its cancellation at its next checkpoint. A call that runs
+        past :attr:`statement_timeout` breaks the session at once (the statement is
+        stopped when the session closes: its socket is shut down).
 
         Raises:
             TimeoutError: The call did not finish in time (the session is broken now).
@@ -452,28 +451,8 @@ class PgSession:
                 return result
             self._broken = f"a statement ran longer than {self.statement_timeout} s"
             if call.abandon():
-                await self._interrupt(call)
+                self._stuck = call
             raise TimeoutError(self._broken)
-
-    async def _interrupt(self, call: _SessionCall) -> None:
-        """End a statement that outlived its timeout: cancel it, then cut the socket."""
-        with trio.move_on_after(self.cancel_grace):
-            await trio.to_thread.run_sync(
-                partial(_cancel_quietly, self._conn, self.cancel_grace), abandon_on_cancel=True
-            )
-            await call.finished.wait()
-            return
-        # The server cannot be reached: shutting the socket down makes libpq's blocked
-        # read fail at once, so the worker thread ends.
-        with (
-            contextlib.suppress(OSError, psycopg.Error),
-            socket.socket(fileno=os.dup(self._conn.fileno())) as sock,
-        ):
-            sock.shutdown(socket.SHUT_RDWR)
-        with trio.move_on_after(self.cancel_grace):
-            await call.finished.wait()
-            return
-        self._stuck.append(call)
 
     async def check(self) -> bool:
         """Whether the session still works: ``SELECT 1`` answered in time."""
@@ -496,14 +475,28 @@ class PgSession:
             return
         await trio.lowlevel.wait_readable(self._conn.fileno())
 
+    async def _close(self, grace: float) -> None:
+        self._broken = self._broken or "closed"
+        stuck = self._stuck
+        if stuck is not None:
+            # Shutting the socket down makes libpq's blocked read fail at once, so the
+            # worker thread ends (a dead peer would otherwise hold it for minutes).
+            with (
+                contextlib.suppress(OSError, psycopg.Error),
+                socket.socket(fileno=os.dup(self._conn.fileno())) as sock,
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
+            with trio.move_on_after(grace):
+                await stuck.finished.wait()
+            if not stuck.finished.is_set():
+                return  # closing under a running statement could crash libpq: leave it
+        with contextlib.suppress(OSError, psycopg.Error):
+            trio.lowlevel.notify_closing(self._conn.fileno())
+        await trio.to_thread.run_sync(self._conn.close)
+
 
 def _select_one(conn: PgConnection) -> None:
     conn.execute("SELECT 1")
-
-
-def _cancel_quietly(conn: PgConnection, grace: float) -> None:
-    with contextlib.suppress(psycopg.Error):
-        conn.cancel_safe(timeout=grace)
 
 
 @asynccontextmanager
@@ -513,7 +506,6 @@ async def open_pg_session(
     application_name: str = "eskit-session",
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     statement_timeout: float = DEFAULT_SESSION_TIMEOUT,
-    cancel_grace: float = DEFAULT_CANCEL_GRACE,
     close_grace: float = DEFAULT_CLOSE_GRACE,
     **options: Any,
 ) -> AsyncIterator[PgSession]:
@@ -522,19 +514,18 @@ async def open_pg_session(
     Args:
         dsn: Where to connect.
         application_name: The connection's name in ``pg_stat_activity``.
-        connect_timeout: Seconds to wait for the connection.
+        connect_timeout: Seconds to wait for the connection (at least 2, libpq's
+            minimum).
         statement_timeout: Seconds a statement may run before the session is broken.
-        cancel_grace: Seconds a statement that outlived its timeout gets to stop.
         close_grace: Seconds closing may take.
-        **options: Passed to :func:`psycopg.connect` (for example
-            ``tcp_user_timeout`` or ``keepalives_idle``).
+        **options: Passed to :func:`psycopg.connect` (for example ``keepalives_idle``).
 
     Raises:
         psycopg.OperationalError: The server cannot be reached or refuses the login.
 
     Resource handling:
-        The connection is closed on exit (shielded, bounded by ``close_grace``), after
-        waiting (bounded) for any worker thread still running one of its statements.
+        The connection is closed on exit (shielded, bounded by ``close_grace``); a
+        statement still running then is stopped by shutting the socket down first.
     """
     conn: PgConnection = await trio.to_thread.run_sync(
         partial(
@@ -542,7 +533,7 @@ async def open_pg_session(
             dsn,
             autocommit=True,
             application_name=application_name,
-            connect_timeout=max(int(connect_timeout), 1),
+            connect_timeout=max(int(connect_timeout), 2),
             **options,
         )
     )
@@ -554,15 +545,11 @@ async def open_pg_session(
             trio.lowlevel.current_trio_token(),
             conn.info.backend_pid,
             statement_timeout=statement_timeout,
-            cancel_grace=cancel_grace,
         )
         yield session
     finally:
         with trio.move_on_after(close_grace, shield=True):
-            if session is not None:
-                session._broken = session._broken or "closed"
-                for call in session._stuck:
-                    await call.finished.wait()
-            with contextlib.suppress(OSError):
-                trio.lowlevel.notify_closing(conn.fileno())
-            await trio.to_thread.run_sync(conn.close)
+            if session is None:
+                await trio.to_thread.run_sync(conn.close)
+            else:
+                await session._close(close_grace / 2)

@@ -58,7 +58,7 @@ from engine.drivers.nats import (
     Subscription,
     open_nats,
 )
-from engine.errors import LockNotHeldError
+from engine.errors import EskitError, LockNotHeldError
 from engine.locks.base import Lease
 
 __all__ = [
@@ -137,6 +137,11 @@ def _is_tombstone(headers: Any) -> bool:
 def _printable(text: str) -> str:
     """``text`` as valid UTF-8 (unpaired surrogates replaced), for display only."""
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _translate(exc: JetStreamApiError) -> EskitError:
+    """The one place JetStream errors of the lock bucket become engine errors."""
+    return EskitError(f"the NATS lock bucket refused a request: {exc}")
 
 
 def _default_owner() -> str:
@@ -248,8 +253,15 @@ class NATSLockRegistry:
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[Lease]:
-        """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`."""
-        held = await self._acquire(key)
+        """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`.
+
+        Waits through NATS outages. Raises :class:`~engine.errors.EskitError` if the
+        server refuses the bucket's requests (the bucket was deleted, for example).
+        """
+        try:
+            held = await self._acquire(key)
+        except JetStreamApiError as exc:
+            raise _translate(exc) from exc
         self._holders[id(held)] = held
         self._counts["acquired"] += 1
         try:
@@ -266,8 +278,16 @@ class NATSLockRegistry:
             raise LockNotHeldError(f"the lease on {key!r} was lost while it was held")
 
     async def owner(self, key: str) -> str | None:
-        """See :meth:`LockRegistry.owner <engine.locks.base.LockRegistry.owner>`."""
-        entry = await self._read(self.subject(key))
+        """See :meth:`LockRegistry.owner <engine.locks.base.LockRegistry.owner>`.
+
+        Raises:
+            TimeoutError, ConnectionError: NATS did not answer.
+            EskitError: The server refused the request.
+        """
+        try:
+            entry = await self._read(self.subject(key))
+        except JetStreamApiError as exc:
+            raise _translate(exc) from exc
         if entry is None or _is_tombstone(entry.headers):
             return None
         return str(orjson.loads(entry.data)["owner"])
@@ -289,16 +309,47 @@ class NATSLockRegistry:
         return await self._connection.direct_get_last(self.stream, subject)
 
     async def _create(self, subject: str, value: bytes, expected: int) -> tuple[int, float] | None:
-        """KV create; the new revision and when it was sent, or ``None`` if taken."""
+        """KV create; the new revision and when it was sent, or ``None`` if taken.
+
+        If the create fails in any other way (a timeout, a cancellation), it may still
+        have reached the server: a key nobody would renew then blocks others for a
+        whole TTL, so it is deleted again if it is there and ours (shielded, bounded).
+        """
         sent = trio.current_time()
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected), _TTL: _ttl_header(self.ttl)}
+        settled = False
         try:
             ack = await self._connection.publish(OutMsg(subject, value, headers))
+            settled = True
         except JetStreamApiError as exc:
             if exc.err_code != _WRONG_LAST_SEQUENCE:
                 raise
+            settled = True
             return None
+        finally:
+            if not settled:
+                with trio.move_on_after(_RELEASE_GRACE, shield=True):
+                    await self._delete_if_ours(subject, value)
         return ack.sequence, sent
+
+    async def _delete_if_ours(self, subject: str, value: bytes) -> None:
+        try:
+            entry = await self._read(subject)
+            if entry is not None and entry.data == value:
+                await self._connection.publish(
+                    OutMsg(subject, b"", self._delete_headers(entry.sequence))
+                )
+        except (JetStreamApiError, TimeoutError, ConnectionError, trio.ClosedResourceError) as exc:
+            logger.info(
+                "could not withdraw an unsure create of %s (its TTL ends it): %s", subject, exc
+            )
+
+    def _delete_headers(self, revision: int) -> dict[str, str]:
+        return {
+            _OPERATION: "DEL",
+            EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision),
+            _TTL: _ttl_header(self.ttl),
+        }
 
     async def _acquire(self, key: str) -> _Held:
         subject = self.subject(key)
@@ -307,25 +358,32 @@ class NATSLockRegistry:
         )
         expires_at: float | None = None  # when the current holder's lease may end
         backoff = _FIRST_BACKOFF
+        outage = _FIRST_BACKOFF
         async with AsyncExitStack() as stack:
             watch = None
             while True:
-                entry = await self._read(subject)
-                if entry is None or _is_tombstone(entry.headers):
-                    created = await self._create(
-                        subject, value, 0 if entry is None else entry.sequence
-                    )
-                    if created is not None:
-                        revision, sent = created
-                        return _Held(
-                            Lease(key, self.owner_id, revision), subject, value, revision, sent
+                try:
+                    entry = await self._read(subject)
+                    if entry is None or _is_tombstone(entry.headers):
+                        expected = 0 if entry is None else entry.sequence
+                        created = await self._create(subject, value, expected)
+                        if created is not None:
+                            revision, sent = created
+                            lease = Lease(key, self.owner_id, revision)
+                            return _Held(lease, subject, value, revision, sent)
+                        continue  # somebody else was faster: look again
+                    if watch is None:
+                        watch = await stack.enter_async_context(
+                            self._connection.subscribe(subject, buffer_size=16)
                         )
-                    continue  # somebody else was faster: look again
-                if watch is None:
-                    watch = await stack.enter_async_context(
-                        self._connection.subscribe(subject, buffer_size=16)
-                    )
-                    continue  # a release between the read and the subscription: read again
+                        continue  # a release between the read and the subscription
+                except (TimeoutError, ConnectionError) as exc:
+                    # Waiting for a lock includes waiting for the server to come back.
+                    logger.warning("waiting for %r: NATS unavailable (%s)", key, exc)
+                    await trio.sleep(outage)
+                    outage = min(outage * 2, self.ttl)
+                    continue
+                outage = _FIRST_BACKOFF
                 now = trio.current_time()
                 if expires_at is None:
                     expires_at = now + _parse_ttl(entry.headers, self.ttl)
@@ -384,7 +442,7 @@ class NATSLockRegistry:
                         self._lose(held, "the key expired or changed hands")
                         return False
                     logger.warning("renewing %r failed: %s", held.lease.key, exc)
-                except (TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, ConnectionError, trio.ClosedResourceError) as exc:
                     logger.info("renewing %r failed, retrying: %s", held.lease.key, exc)
                 else:
                     held.revision = ack.sequence
@@ -412,22 +470,20 @@ class NATSLockRegistry:
             return
         revision = held.revision
         for _ in range(3):
-            headers = {
-                _OPERATION: "DEL",
-                EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision),
-                _TTL: _ttl_header(self.ttl),
-            }
             try:
-                await self._connection.publish(OutMsg(held.subject, b"", headers))
-                return
-            except JetStreamApiError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
-                    logger.warning("releasing %r failed: %s", held.lease.key, exc)
+                try:
+                    await self._connection.publish(
+                        OutMsg(held.subject, b"", self._delete_headers(revision))
+                    )
                     return
+                except JetStreamApiError as exc:
+                    if exc.err_code != _WRONG_LAST_SEQUENCE:
+                        logger.warning("releasing %r failed: %s", held.lease.key, exc)
+                        return
+                entry = await self._read(held.subject)
             except (TimeoutError, ConnectionError, trio.ClosedResourceError) as exc:
                 logger.warning("releasing %r failed (its TTL ends it): %s", held.lease.key, exc)
                 return
-            entry = await self._read(held.subject)
             if entry is None or _is_tombstone(entry.headers) or entry.data != held.value:
                 self._lose(held, "the key changed hands before it was released")
                 return

@@ -52,7 +52,7 @@ from engine.drivers.postgres import (
     open_pg_session,
     run_pg_listener,
 )
-from engine.errors import LockNotHeldError
+from engine.errors import EskitError, LockNotHeldError
 from engine.locks.base import Lease
 
 __all__ = [
@@ -88,7 +88,11 @@ _SERVER_KEEPALIVE = (10, 2, 3)
 
 
 def lock_id(schema: str, key: str) -> int:
-    """The advisory lock id (a signed 64-bit integer) of ``key`` in ``schema``."""
+    """The advisory lock id (a signed 64-bit integer) of ``key`` in ``schema``.
+
+    (Schema names are never empty, so ``lock_id("", ...)`` is free for the registry's
+    own migration lock.)
+    """
     digest = hashlib.blake2b(
         f"{schema}\0{key}".encode("utf-8", "surrogatepass"), digest_size=8
     ).digest()
@@ -98,6 +102,11 @@ def lock_id(schema: str, key: str) -> int:
 def _text(value: str) -> str:
     """``value`` as PostgreSQL ``text`` can hold it (for display only: no NUL, valid UTF-8)."""
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "\ufffd")
+
+
+def _translate(exc: BaseException) -> EskitError:
+    """The one place database errors of a working lock session become engine errors."""
+    return EskitError(f"PostgreSQL lock registry: {exc}")
 
 
 def _default_owner() -> str:
@@ -154,7 +163,7 @@ class _Queries:
 def _migrate(queries: _Queries, schema: str, conn: PgConnection) -> None:
     with conn.transaction():
         # Concurrent openers would race on CREATE ... IF NOT EXISTS: serialize them.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(schema, "\0migrate"),))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("", f"migrate\0{schema}"),))
         conn.execute(queries.create)
 
 
@@ -260,10 +269,15 @@ class PgLockRegistry:
     _holders: dict[str, _Held] = attrs.field(factory=dict, init=False)
     _waiters: dict[int, trio.Event] = attrs.field(factory=dict, init=False)
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[Lease]:
-        """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`."""
+        """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`.
+
+        Waits through lost connections. Raises :class:`~engine.errors.EskitError` if a
+        working session refuses the statements (permissions, a dropped table...).
+        """
         slot = self._slots.setdefault(key, _Slot())
         slot.users += 1
         try:
@@ -296,7 +310,9 @@ class PgLockRegistry:
             released = self._waiters.setdefault(ident, trio.Event())
             try:
                 token = await session.run(attempt)
-            except (psycopg.OperationalError, TimeoutError):
+            except (psycopg.Error, TimeoutError) as exc:
+                if not session.broken:
+                    raise _translate(exc) from exc
                 # The session broke; the maintainer opens another one.
                 await self._wait_session_other_than(session)
                 continue
@@ -325,7 +341,9 @@ class PgLockRegistry:
             session = await self._wait_session()
             try:
                 return await session.run(partial(_owner, self._queries, lock_id(self.schema, key)))
-            except (psycopg.OperationalError, TimeoutError):
+            except (psycopg.Error, TimeoutError) as exc:
+                if not session.broken:
+                    raise _translate(exc) from exc
                 await self._wait_session_other_than(session)
 
     def statistics(self) -> PgLockStatistics:
@@ -345,13 +363,19 @@ class PgLockRegistry:
 
     async def _wait_session(self) -> PgSession:
         while self._session is None:
+            if self._closed:
+                raise trio.ClosedResourceError("the PostgreSQL lock registry is closed")
             await self._session_changed.wait()
         await trio.lowlevel.checkpoint()
         return self._session
 
     async def _wait_session_other_than(self, session: PgSession) -> None:
-        while self._session is session:
+        while self._session is session and not self._closed:
             await self._session_changed.wait()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._set_session(None)
 
     def _set_session(self, session: PgSession | None) -> None:
         self._session = session
@@ -404,7 +428,7 @@ class PgLockRegistry:
         while True:
             try:
                 async with open_session() as session:
-                    await session.run(partial(_keepalive))
+                    await session.run(_keepalive)
                     if not started:
                         await session.run(partial(_migrate, self._queries, self.schema))
                     self._set_session(session)
@@ -451,7 +475,7 @@ async def open_pg_lock_registry(
         check_interval: Seconds between liveness checks of the lock session.
         retry_interval: The longest wait between two attempts of a waiting acquirer.
         statement_timeout: Seconds a statement on the lock session may take before the
-            session is considered dead (and its leases lost).
+            session is considered dead (and its leases lost); also the connect timeout.
         application_name: The sessions' name in ``pg_stat_activity``.
 
     Raises:
@@ -476,6 +500,7 @@ async def open_pg_lock_registry(
         dsn,
         application_name=application_name,
         statement_timeout=statement_timeout,
+        connect_timeout=statement_timeout,
         keepalives=1,
         keepalives_idle=max(1, int(check_interval)),
         keepalives_interval=1,
@@ -484,6 +509,7 @@ async def open_pg_lock_registry(
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
+        stack.callback(registry._close)
         await nursery.start(registry._maintain, open_session)
         await nursery.start(
             partial(
