@@ -27,3 +27,16 @@ async def test_round_robin_commands_survive_a_killed_node(
     report(locks, figures)
     assert figures.forwarded > 0
     assert figures.served > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("locks", ["nats", "postgres"])
+async def test_soak_round_robin_with_a_killed_node(
+    tmp_path: Path, pg: PgTarget, nats: NatsTarget, locks: str
+) -> None:
+    """The same checks as the bounded test under a larger load (200 streams, 8,200
+    commands, 32 concurrent clients)."""
+    load = Load(streams=200, deposits_before_kill=20, deposits_after_kill=20, workers=32)
+    figures = await run_scenario(tmp_path, pg, nats, locks=locks, load=load)
+    report(locks, figures)
+    assert figures.forwarded > 0
