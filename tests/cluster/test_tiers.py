@@ -1,7 +1,7 @@
 """The example plugins run unchanged on all three tiers, each an ``eskit run`` process.
 
-Tier 1: SQLite, in-process bus and locks. Tier 2: PostgreSQL store, NATS bus,
-PostgreSQL locks. NATS-only: JetStream store, NATS bus and NATS locks, on the engine's
+Tier 1: SQLite, in-process bus and locks. Tier 2: PostgreSQL store with a read DSN,
+NATS bus, PostgreSQL locks. NATS-only: JetStream store, NATS bus and NATS locks, on the engine's
 embedded nats-server, which must also survive the engine being killed with SIGKILL.
 """
 
@@ -19,6 +19,8 @@ from tests.cluster.nodes import Node, write_config
 from tests.conftest import NatsTarget, PgTarget
 from tests.servers import free_port
 
+READ_ONLY = "?options=-c%20default_transaction_read_only%3Don"
+
 
 def tier_sections(tier: str, pg: PgTarget, nats: NatsTarget) -> dict[str, dict[str, Any]]:
     """The config sections that make ``tier`` (what docs/deployment.md shows)."""
@@ -26,7 +28,17 @@ def tier_sections(tier: str, pg: PgTarget, nats: NatsTarget) -> dict[str, dict[s
         return {}
     if tier == "tier-2":
         return {
-            "store": {"backend": "postgres", "dsn": pg.dsn, "schema": pg.schema},
+            "store": {
+                "backend": "postgres",
+                "dsn": pg.dsn,
+                # The "replica" is the same server with read-only sessions: a write
+                # sent to it would fail, so this checks where the store sends what.
+                "read_dsn": pg.dsn + READ_ONLY,
+                "schema": pg.schema,
+                "pool_size": 4,
+                "min_pool_size": 2,
+                "read_pool_size": 3,
+            },
             "nats": {"url": nats.url},
             "bus": {"backend": "nats"},
             "locks": {"backend": "postgres", "ttl": 5},
