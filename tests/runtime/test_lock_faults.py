@@ -22,12 +22,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from engine import LockNotHeldError, NewEvent
 from engine.bus.nats import open_nats_event_bus
 from engine.drivers.nats import NatsConnection, open_nats
+from engine.locks.base import LockRegistry
 from engine.locks.nats import delete_nats_lock_bucket, open_nats_lock_registry
 from engine.locks.postgres import PgLockRegistry, open_pg_lock_registry
 from engine.stores.nats import NatsStore, delete_nats_store, open_nats_store
 from tests.conftest import NatsTarget, PgTarget
 from tests.runtime.helpers import Noted, codec
-from tests.runtime.netfaults import tcp_proxy
+from tests.runtime.netfaults import port_of, tcp_proxy
 from tests.runtime.test_lock_contract import terminate_backend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,15 +185,15 @@ async def pg_registry(dsn: str, schema: str, owner_id: str) -> AsyncIterator[PgL
 
 
 async def hold_until_lost(
-    registry: PgLockRegistry, key: str, inside: trio.Event, stopped: trio.Event
+    registry: LockRegistry, key: str, inside: trio.Event, stopped: Callable[[], object]
 ) -> None:
-    """Hold ``key`` doing work until the lease is lost."""
+    """Hold ``key`` until the lease is lost; then call ``stopped()``."""
     with pytest.raises(LockNotHeldError):
         await _work_while_holding(registry, key, inside)
-    stopped.set()
+    stopped()
 
 
-async def _work_while_holding(registry: PgLockRegistry, key: str, inside: trio.Event) -> None:
+async def _work_while_holding(registry: LockRegistry, key: str, inside: trio.Event) -> None:
     async with registry.hold(key):
         inside.set()
         await trio.sleep_forever()
@@ -210,7 +211,7 @@ async def test_a_terminated_pg_session_stops_the_holder(pg: PgTarget) -> None:
             trio.open_nursery() as nursery,
         ):
             stopped = trio.Event()
-            nursery.start_soon(hold_until_lost, victim, "k", inside, stopped)
+            nursery.start_soon(hold_until_lost, victim, "k", inside, stopped.set)
             await inside.wait()
             pid = victim.statistics().backend_pid
             assert pid is not None
@@ -241,7 +242,7 @@ async def test_a_partitioned_pg_session_stops_the_holder(pg: PgTarget) -> None:
                 pg_registry(dsn, pg.schema, "cut-off") as registry,
                 trio.open_nursery() as nursery,
             ):
-                nursery.start_soon(hold_until_lost, registry, "k", inside, stopped)
+                nursery.start_soon(hold_until_lost, registry, "k", inside, stopped.set)
                 await inside.wait()
                 proxy.freeze()
                 with trio.fail_after(PG_CHECK_INTERVAL + PG_STATEMENT_TIMEOUT + 5):
@@ -295,3 +296,38 @@ async def test_one_active_runner_of_two_processes_and_takeover(nats: NatsTarget)
                 # At-least-once: the new runner starts after the last saved checkpoint.
                 assert set(active.handled()) | set(standby.handled()) == set(range(1, 31))
                 assert min(standby.handled()) > 10
+
+
+async def test_a_nats_holder_cut_off_gives_up_before_anybody_else_gets_in(
+    nats: NatsTarget,
+) -> None:
+    """A holder whose renewals stop reaching the server (a partition) counts its lease
+    lost before the server's TTL lets a waiting node in: the two never overlap."""
+    order: list[str] = []
+    inside = trio.Event()
+    ttl = 2.0
+
+    async def wait_and_take(registry: LockRegistry) -> None:
+        async with registry.hold("k") as lease:
+            order.append("new holder in")
+            tokens.append(lease.token)
+
+    tokens: list[int] = []
+    with trio.fail_after(60):
+        async with (
+            nats_world(nats) as (connection, _),
+            tcp_proxy(port_of(nats.url)) as proxy,
+            open_nats_lock_registry(
+                f"nats://127.0.0.1:{proxy.port}", namespace=nats.namespace, ttl=ttl
+            ) as cut_off,
+            open_nats_lock_registry(connection, namespace=nats.namespace, ttl=ttl) as other,
+        ):
+            async with trio.open_nursery() as nursery:
+                stopped = functools.partial(order.append, "old holder stopped")
+                nursery.start_soon(hold_until_lost, cut_off, "k", inside, stopped)
+                await inside.wait()
+                nursery.start_soon(wait_and_take, other)
+                proxy.freeze()
+            proxy.thaw()
+            assert order == ["old holder stopped", "new holder in"]
+            assert cut_off.statistics().lost == 1
