@@ -429,8 +429,6 @@ class PgLockRegistry:
             try:
                 async with open_session() as session:
                     await session.run(_keepalive)
-                    if not started:
-                        await session.run(partial(_migrate, self._queries, self.schema))
                     self._set_session(session)
                     if started:
                         self._counts["reconnects"] += 1
@@ -479,7 +477,8 @@ async def open_pg_lock_registry(
         application_name: The sessions' name in ``pg_stat_activity``.
 
     Raises:
-        psycopg.OperationalError: The first connection failed.
+        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        EskitError: The table could not be created (permissions, for example).
 
     Resource handling:
         Owns a nursery with the session keeper (one dedicated connection) and a
@@ -506,6 +505,15 @@ async def open_pg_lock_registry(
         keepalives_interval=1,
         keepalives_count=3,
     )
+    # Connect and create the table once before any task starts, so that a wrong DSN
+    # or missing rights come out of here as one plain error.
+    try:
+        async with open_session() as session:
+            await session.run(partial(_migrate, registry._queries, schema))
+    except (psycopg.OperationalError, TimeoutError) as exc:
+        raise trio.BrokenResourceError(f"cannot open the PostgreSQL lock session: {exc}") from exc
+    except psycopg.Error as exc:
+        raise _translate(exc) from exc
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)

@@ -30,6 +30,7 @@ from tests.conftest import NatsTarget, PgTarget
 from tests.runtime.helpers import Noted, codec
 from tests.runtime.netfaults import port_of, tcp_proxy
 from tests.runtime.test_lock_contract import terminate_backend
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TTL = 1.0
@@ -331,3 +332,12 @@ async def test_a_nats_holder_cut_off_gives_up_before_anybody_else_gets_in(
             proxy.thaw()
             assert order == ["old holder stopped", "new holder in"]
             assert cut_off.statistics().lost == 1
+
+
+async def test_an_unreachable_pg_server_fails_the_registry_plainly() -> None:
+    """Opening a PostgreSQL registry on a port nobody listens on raises a bare
+    ``BrokenResourceError`` (no exception group, no psycopg type)."""
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    with trio.fail_after(60), pytest.raises(trio.BrokenResourceError):
+        async with open_pg_lock_registry(dsn, statement_timeout=2):
+            pass
