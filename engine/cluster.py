@@ -41,7 +41,7 @@ import attrs
 import orjson
 import trio
 
-from engine.drivers.nats import InMsg, NatsConnection, NoRespondersError
+from engine.drivers.nats import InMsg, NatsConnection, NoRespondersError, StoredMsg
 from engine.errors import EskitError, LockNotHeldError
 from engine.locks.base import LockRegistry
 
@@ -190,6 +190,9 @@ def stream_lease_key(stream_id: str) -> str:
     return f"stream.{stream_id}"
 
 
+#: Stands for the reply when nobody listens on the owner's subject.
+_OWNER_GONE = StoredMsg("", 0, b"", {})
+
 #: Handles a command on this node and returns the JSON-ready result.
 LocalHandler = Callable[[CommandRequest], Awaitable[dict[str, Any]]]
 #: ``(status, code, message)`` of an error, as the HTTP ingress would answer it.
@@ -269,7 +272,7 @@ class ClusterRouter:
             return await self._run_owned(owned, request)
         try:
             owner = await self.locks.owner(stream_lease_key(request.stream_id))
-        except (OSError, TimeoutError, EskitError) as exc:
+        except (OSError, TimeoutError, EskitError, trio.ClosedResourceError) as exc:
             logger.warning("cannot ask who owns %r (%r); handling it here", request.stream_id, exc)
             return await self._run_unowned(request)
         if owner is None:
@@ -278,7 +281,7 @@ class ClusterRouter:
                 return await self._run_owned(owned, request)
             try:
                 owner = await self.locks.owner(stream_lease_key(request.stream_id))
-            except (OSError, TimeoutError, EskitError):
+            except (OSError, TimeoutError, EskitError, trio.ClosedResourceError):
                 owner = None
         if owner is None or owner == self.node_id:
             # The lease is being taken or let go, or is this node's from before a
@@ -298,11 +301,14 @@ class ClusterRouter:
                 reply = await self.connection.request(self.subject_of(owner), request.to_json())
             except NoRespondersError:
                 # Certainly not handled: the owner is gone (its lease not run out yet).
-                self._counts["forwarded"] -= 1
-                self._take_in_background(request.stream_id)
-                return await self._run_unowned(request)
+                # Handled here, outside the forwarding deadline.
+                reply = _OWNER_GONE
             except (OSError, TimeoutError, trio.ClosedResourceError) as exc:
                 logger.warning("forwarding to %r failed: %r", owner, exc)
+        if reply is _OWNER_GONE:
+            self._counts["forwarded"] -= 1
+            self._take_in_background(request.stream_id)
+            return await self._run_unowned(request)
         if reply is None:
             self._counts["unknown_outcomes"] += 1
             raise UnknownOutcomeError(request.command_id, request.stream_id, owner)
@@ -348,6 +354,8 @@ class ClusterRouter:
                 owned: _Owned = await self._nursery.start(self._own, stream_id)
                 return owned
             return None
+        except RuntimeError:
+            return None  # _own gave up before holding the lease (and logged why)
         finally:
             del self._taking[stream_id]
             done.set()
@@ -387,8 +395,9 @@ class ClusterRouter:
                     del self._owned[stream_id]
         except LockNotHeldError:
             logger.warning("lost the lease of stream %r", stream_id)
-        except (OSError, TimeoutError, EskitError) as exc:
-            # Ownership is an optimisation: without it commands still run, fenced.
+        except Exception as exc:
+            # Ownership is an optimisation: without it commands still run (fenced by
+            # the expected version), so a registry failure must not stop the router.
             logger.warning("cannot hold the lease of stream %r: %r", stream_id, exc)
 
     # -- serving --------------------------------------------------------------------------
