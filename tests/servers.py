@@ -269,3 +269,44 @@ jetstream {{
             _stop(proc, signal.SIGTERM)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def spawn_nats(root: Path, port: int, monitor_port: int) -> subprocess.Popen[bytes]:
+    """Start a nats-server with JetStream in ``root`` on fixed ports and wait until healthy.
+
+    For tests that kill the server and start it again on the same port with the same
+    store folder (``root / "js"``); the caller owns the process and stops it. The log is
+    appended to ``root / "nats.log"`` across restarts.
+    """
+    config = root / "nats.conf"
+    config.write_text(
+        f"""
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{monitor_port}
+max_payload: 8MB
+jetstream {{
+  store_dir: "{root / "js"}"
+  sync_interval: always
+}}
+"""
+    )
+    log = root / "nats.log"
+    with log.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        url = f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+
+    try:
+        _wait_for(ready, "nats-server", log, proc)
+    except BaseException:
+        _stop(proc, signal.SIGKILL)
+        raise
+    return proc
