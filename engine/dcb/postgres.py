@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -38,7 +37,6 @@ from typing import Any, Generic, TypeVar
 import attrs
 import psycopg
 import trio
-from psycopg_pool import PoolClosed, PoolTimeout
 
 from engine.codec import Codec
 from engine.dcb.base import (
@@ -70,11 +68,19 @@ from engine.drivers.postgres import (
     PgConnection,
     PgPool,
     open_pg_pool,
-    run_pg_listener,
 )
 from engine.errors import EskitError
 from engine.events import utc_now
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
+from engine.stores.pg_support import (
+    GroupRequest,
+    GroupWriter,
+    HeadTracker,
+    connection_lost,
+    fetch_one,
+    take_fifo_group,
+    translate,
+)
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -100,15 +106,14 @@ REQUEST_BUFFER = 1024
 _Row = tuple[int, int | None]
 
 
-@attrs.define(eq=False)
-class _AppendRequest:
+@attrs.frozen
+class _AppendArgs:
     encoded: list[EncodedDcbEvent]
     condition: AppendCondition | None
     recorded_at: dt.datetime
-    size: int
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: _Row | BaseException | None = None
-    abandoned: bool = False
+
+
+_AppendRequest = GroupRequest[_AppendArgs, _Row]
 
 
 @attrs.frozen
@@ -128,30 +133,16 @@ class PostgresDcbStoreStatistics:
     conflicts: int
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeout | PoolClosed):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return state is None or state.startswith(("08", "57P"))
-
-
 def _translate(exc: BaseException) -> BaseException:
     """The one place psycopg errors become engine errors."""
-    if isinstance(exc, PoolClosed):
-        return trio.ClosedResourceError("the PostgreSQL DCB store is closed")
-    if _connection_lost(exc):
-        return trio.BrokenResourceError(
-            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
-            "or may not have been stored: retry it with the same event ids"
-        )
-    if isinstance(exc, psycopg.Error):
-        return EskitError(f"PostgreSQL error: {exc}")
-    return exc
+    return translate(
+        exc,
+        closed="the PostgreSQL DCB store is closed",
+        retry_hint="retry it with the same event ids",
+    )
 
 
-def _call_append(q: DcbQueries, conn: PgConnection, group: Sequence[_AppendRequest]) -> list[_Row]:
+def _call_append(q: DcbQueries, conn: PgConnection, group: Sequence[_AppendArgs]) -> list[_Row]:
     """Flatten a group into the function's arrays and call it once."""
     req_count, req_has_cond, req_all, req_after = [], [], [], []
     req_item_lo, req_item_n, req_recorded_at = [], [], []
@@ -225,7 +216,7 @@ def _call_append(q: DcbQueries, conn: PgConnection, group: Sequence[_AppendReque
 
 
 def _write_group(
-    q: DcbQueries, group: Sequence[_AppendRequest], conn: PgConnection
+    q: DcbQueries, group: Sequence[_AppendArgs], conn: PgConnection
 ) -> list[_Row | BaseException]:
     """One group commit (runs in a worker thread). A group that fails as a whole for a
     reason other than a lost connection is retried one append at a time, so that each
@@ -233,7 +224,7 @@ def _write_group(
     try:
         return list(_call_append(q, conn, group))
     except psycopg.Error as exc:
-        if _connection_lost(exc):
+        if connection_lost(exc):
             raise
         if len(group) == 1:
             return [exc]
@@ -249,10 +240,6 @@ def _stored_ids(q: DcbQueries, ids: list[uuid.UUID], conn: PgConnection) -> list
     return [event_id for event_id in ids if event_id in stored]
 
 
-def _fetch_one(query: bytes, conn: PgConnection) -> tuple[Any, ...] | None:
-    return conn.execute(query).fetchone()
-
-
 @attrs.define(eq=False)
 class PostgresDcbStore(Generic[E]):
     """A :class:`~engine.dcb.base.DcbStore` on PostgreSQL.
@@ -265,17 +252,9 @@ class PostgresDcbStore(Generic[E]):
     now: Callable[[], dt.datetime]
     _pool: PgPool
     _queries: DcbQueries
-    _dsn: str
-    _nursery: trio.Nursery
     _requests: trio.MemorySendChannel[_AppendRequest]
-    _known_head: int = 0
-    _head_changed: trio.Event = attrs.field(factory=trio.Event)
-    _listen_generation: int = 0
-    _listening: bool = False
-    _listen_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    _groups: int = 0
-    _appends: int = 0
-    _largest_group: int = 0
+    _head: HeadTracker
+    _writer: GroupWriter[_AppendArgs, _Row]
     _conflicts: int = 0
 
     async def read(
@@ -303,7 +282,7 @@ class PostgresDcbStore(Generic[E]):
         events = [self._decode(row) for row in rows if row[1] is not None]
         if limit is not None and len(events) == limit:
             head = events[-1].position
-        self._advance_head(head)
+        self._head.advance(head)
         return ReadResult(events, head)
 
     async def append(
@@ -321,26 +300,18 @@ class PostgresDcbStore(Generic[E]):
         """
         encoded = encode_events(self.codec, events, max_event_bytes=self.max_event_bytes)
         request = _AppendRequest(
-            encoded=encoded,
-            condition=condition,
-            recorded_at=self.now(),
-            size=sum(len(e.data) + len(e.metadata) for e in encoded),
+            _AppendArgs(encoded, condition, self.now()),
+            sum(len(e.data) + len(e.metadata) for e in encoded),
         )
         await self._requests.send(request)
-        try:
-            await request.done.wait()
-        finally:
-            # If the wait was cancelled, the writer skips the request unless it has
-            # already taken it (then the append may still be stored).
-            request.abandoned = True
-        result = request.result
+        result = await request.wait()
         if isinstance(result, BaseException):
             raise _translate(result) from result
         assert result is not None
         status, position = result
         if status in (STATUS_OK, STATUS_REPLAY):
             assert position is not None
-            self._advance_head(position)
+            self._head.advance(position)
             return position
         if status == STATUS_CONFLICT:
             self._conflicts += 1
@@ -353,9 +324,9 @@ class PostgresDcbStore(Generic[E]):
 
     async def head(self) -> int:
         """The log's current head position (0 for an empty log)."""
-        row = await self._run(partial(_fetch_one, self._queries.head))
+        row = await self._run(partial(fetch_one, self._queries.head, ()))
         head = int(row[0]) if row else 0
-        self._advance_head(head)
+        self._head.advance(head)
         return head
 
     async def wait_for_append(self, after: int) -> None:
@@ -364,15 +335,7 @@ class PostgresDcbStore(Generic[E]):
         Wakes on this store's own appends and on the NOTIFY every append transaction
         sends (from any process), over one LISTEN connection opened on first use.
         """
-        await self._ensure_listening()
-        checked: int | None = None
-        while self._known_head <= after:
-            if checked != self._listen_generation:
-                # (Re)connected: notifications may have been missed, so ask.
-                checked = self._listen_generation
-                await self.head()
-            else:
-                await self._head_changed.wait()
+        await self._head.wait_above(after, self.head)
 
     def subscribe(
         self,
@@ -386,77 +349,18 @@ class PostgresDcbStore(Generic[E]):
 
     def statistics(self) -> PostgresDcbStoreStatistics:
         """Counters of the group-commit writer."""
+        writer = self._writer
         return PostgresDcbStoreStatistics(
-            self._groups, self._appends, self._largest_group, self._conflicts
+            writer.groups, writer.appends, writer.largest_group, self._conflicts
         )
 
     # -- plumbing ----------------------------------------------------------------------
-
-    async def _ensure_listening(self) -> None:
-        await trio.lowlevel.checkpoint()
-        if self._listening:
-            return
-        async with self._listen_lock:
-            if not self._listening:
-                try:
-                    await self._nursery.start(
-                        run_pg_listener, self._dsn, self._queries.channel, self._on_notify
-                    )
-                except psycopg.Error as exc:
-                    raise _translate(exc) from exc
-                self._listening = True
-
-    def _on_notify(self, payload: str | None) -> None:
-        if payload is None:
-            self._listen_generation += 1
-            self._wake()
-        elif payload.isdigit():
-            self._advance_head(int(payload))
-
-    def _advance_head(self, position: int) -> None:
-        if position > self._known_head:
-            self._known_head = position
-            self._wake()
-
-    def _wake(self) -> None:
-        self._head_changed.set()
-        self._head_changed = trio.Event()
 
     async def _run(self, fn: Callable[[PgConnection], T]) -> T:
         try:
             return await self._pool.run(fn)
         except psycopg.Error as exc:
             raise _translate(exc) from exc
-
-    async def _run_writer(self, receive: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
-        pending: deque[_AppendRequest] = deque()
-        async with receive:
-            while True:
-                if not pending:
-                    try:
-                        pending.append(await receive.receive())
-                    except trio.EndOfChannel:
-                        return
-                while len(pending) < MAX_GROUP_REQUESTS:
-                    try:
-                        pending.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                group = _take_group(pending)
-                if not group:
-                    continue
-                results: Sequence[_Row | BaseException]
-                try:
-                    results = await self._pool.run(partial(_write_group, self._queries, group))
-                except Exception as exc:
-                    # Every append of the group fails alike; each appender raises it.
-                    results = [exc] * len(group)
-                self._groups += 1
-                self._appends += len(group)
-                self._largest_group = max(self._largest_group, len(group))
-                for request, result in zip(group, results, strict=True):
-                    request.result = result
-                    request.done.set()
 
     def _decode(self, row: tuple[Any, ...]) -> SequencedEvent[E]:
         # row: head, position, type, schema_version, data, metadata, tags, event_id, recorded_at
@@ -471,23 +375,6 @@ class PostgresDcbStore(Generic[E]):
             event_id=row[7],
             recorded_at=row[8],
         )
-
-
-def _take_group(pending: deque[_AppendRequest]) -> list[_AppendRequest]:
-    """Take the next group off ``pending`` within the size limits; appends whose caller
-    gave up are dropped."""
-    group: list[_AppendRequest] = []
-    size = 0
-    while pending:
-        request = pending[0]
-        if request.abandoned:
-            pending.popleft()
-            continue
-        if group and (len(group) >= MAX_GROUP_REQUESTS or size + request.size > MAX_GROUP_BYTES):
-            break
-        group.append(pending.popleft())
-        size += request.size
-    return group
 
 
 @asynccontextmanager
@@ -535,17 +422,23 @@ async def open_postgres_dcb_store(
             raise _translate(exc) from exc
         async with trio.open_nursery() as nursery:
             send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
+            # The group is taken in order: a later append's condition sees the earlier ones.
+            take = partial(
+                take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES
+            )
+            writer = GroupWriter(pool, take, partial(_write_group, queries), MAX_GROUP_REQUESTS)
+            head = HeadTracker(nursery, dsn, queries.channel, "eskit-listen", _translate)
             store: PostgresDcbStore[E] = PostgresDcbStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
                 now=now,
                 pool=pool,
                 queries=queries,
-                dsn=dsn,
-                nursery=nursery,
                 requests=send,
+                head=head,
+                writer=writer,
             )
-            nursery.start_soon(store._run_writer, receive)
+            nursery.start_soon(writer.run, receive)
             try:
                 yield store
             finally:

@@ -18,14 +18,20 @@ decisions/s, 47 vs 1121 reads/s, with the same query shape for both). The B-tree
 from __future__ import annotations
 
 import functools
-import hashlib
+from functools import partial
 
 import attrs
 from psycopg import sql
 
 from engine.dcb.base import Query
 from engine.drivers.postgres import PgConnection
-from engine.errors import EskitError
+from engine.stores.pg_support import (
+    advisory_key,
+    channel_name,
+    check_schema_name,
+    compose,
+    migrate_schema,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -46,18 +52,14 @@ STATUS_CONFLICT = 1
 STATUS_REPLAY = 2
 STATUS_DUPLICATE = 3
 
-_MAX_IDENTIFIER_BYTES = 63
-
 COLUMNS = "position, type, schema_version, data, metadata, tags, event_id, recorded_at"
 
 
 def _key(purpose: str, schema: str) -> int:
-    digest = hashlib.blake2b(f"eskit:dcb:{purpose}:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key("eskit:dcb", purpose, schema)
 
 
-def _q(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_bytes(None)
+_q = compose
 
 
 @attrs.frozen
@@ -84,13 +86,10 @@ class DcbQueries:
 
 @functools.lru_cache(maxsize=64)
 def _queries_for(schema: str) -> DcbQueries:
-    if not isinstance(schema, str) or not schema or "\x00" in schema:
-        raise ValueError(f"a schema name must be a non-empty str without NUL, got {schema!r}")
-    if len(schema.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"a schema name must be at most 63 UTF-8 bytes, got {schema!r}")
+    check_schema_name(schema)
     return DcbQueries(
         schema=schema,
-        channel="eskit_dcb_" + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest(),
+        channel=channel_name("eskit_dcb_", schema),
         append_lock=_key("append", schema),
         migrate_lock=_key("migrate", schema),
         append=_q(
@@ -270,35 +269,17 @@ def migrate(q: DcbQueries, conn: PgConnection) -> int:
     Raises:
         EskitError: The DCB tables were migrated by a newer eskit.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [q.migrate_lock])
-        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [q.schema])
-        if exists.fetchone() is None:
-            conn.execute(_q("CREATE SCHEMA {s}", q.schema))
-        conn.execute(
-            _q(
-                "CREATE TABLE IF NOT EXISTS {s}.dcb_schema_migrations ("
-                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-                q.schema,
-            )
-        )
-        row = conn.execute(
-            _q("SELECT coalesce(max(version), 0) FROM {s}.dcb_schema_migrations", q.schema)
-        ).fetchone()
-        current = int(row[0]) if row else 0
-        if current > len(MIGRATIONS):
-            raise EskitError(
-                f"the DCB tables of schema {q.schema!r} are at version {current}, newer "
-                f"than this eskit knows ({len(MIGRATIONS)}): upgrade eskit"
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            for statement in MIGRATIONS[version - 1](q):
-                conn.execute(statement.encode())
-            conn.execute(
-                _q("INSERT INTO {s}.dcb_schema_migrations (version) VALUES (%s)", q.schema),
-                [version],
-            )
-        return len(MIGRATIONS)
+    return migrate_schema(
+        conn,
+        schema=q.schema,
+        lock=q.migrate_lock,
+        table="dcb_schema_migrations",
+        migrations=[partial(migration, q) for migration in MIGRATIONS],
+        too_new=lambda current: (
+            f"the DCB tables of schema {q.schema!r} are at version {current}, newer "
+            f"than this eskit knows ({len(MIGRATIONS)}): upgrade eskit"
+        ),
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,6 @@ from typing import Any, Generic, TypeVar
 import attrs
 import psycopg
 import trio
-from psycopg_pool import PoolClosed
 
 from engine.codec import Codec
 from engine.drivers.postgres import (
@@ -51,7 +50,6 @@ from engine.drivers.postgres import (
     PgConnection,
     PgPool,
     open_pg_pool,
-    run_pg_listener,
 )
 from engine.errors import (
     CheckpointConflictError,
@@ -62,6 +60,7 @@ from engine.errors import (
 from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_stream_id
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import decode_event, encode_batch
+from engine.stores.pg_support import GroupRequest, GroupWriter, HeadTracker, translate
 from engine.stores.postgres_sql import (
     STATUS_CONFLICT,
     STATUS_KEY_CONFLICT,
@@ -71,7 +70,6 @@ from engine.stores.postgres_sql import (
     AppendRow,
     Queries,
     call_append,
-    connection_lost,
     execute,
     expected_code,
     fetch_events,
@@ -106,13 +104,7 @@ MAX_GROUP_BYTES = 8 * 1024 * 1024
 REQUEST_BUFFER = 1024
 
 
-@attrs.define(eq=False)
-class _AppendRequest:
-    args: AppendArgs
-    size: int
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: AppendRow | BaseException | None = None
-    abandoned: bool = False
+_AppendRequest = GroupRequest[AppendArgs, AppendRow]
 
 
 @attrs.frozen
@@ -132,16 +124,11 @@ class PostgresStoreStatistics:
 
 def _translate(exc: BaseException) -> BaseException:
     """The one place psycopg errors become engine errors."""
-    if isinstance(exc, PoolClosed):
-        return trio.ClosedResourceError("the PostgreSQL store is closed")
-    if connection_lost(exc):
-        return trio.BrokenResourceError(
-            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
-            "or may not have been stored: retry it with an idempotency key"
-        )
-    if isinstance(exc, psycopg.Error):
-        return EskitError(f"PostgreSQL error: {exc}")
-    return exc
+    return translate(
+        exc,
+        closed="the PostgreSQL store is closed",
+        retry_hint="retry it with an idempotency key",
+    )
 
 
 def _decode_appended(
@@ -181,18 +168,9 @@ class PostgresStore(Generic[E]):
     _pool: PgPool
     _read_pool: PgPool
     _queries: Queries
-    _dsn: str
-    _name: str
-    _nursery: trio.Nursery
     _requests: trio.MemorySendChannel[_AppendRequest]
-    _known_head: int = 0
-    _head_changed: trio.Event = attrs.field(factory=trio.Event)
-    _listen_generation: int = 0
-    _listening: bool = False
-    _listen_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    _groups: int = 0
-    _appends: int = 0
-    _largest_group: int = 0
+    _head: HeadTracker
+    _writer: GroupWriter[AppendArgs, AppendRow]
 
     # -- EventStore ------------------------------------------------------------------
 
@@ -221,13 +199,7 @@ class PostgresStore(Generic[E]):
         args = AppendArgs(stream_id, code, idempotency_key, encoded, self.now())
         request = _AppendRequest(args, sum(len(e.data) + len(e.metadata) for e in encoded))
         await self._requests.send(request)
-        try:
-            await request.done.wait()
-        finally:
-            # If the wait was cancelled, the writer skips the request unless it has
-            # already taken it (then the append may still be stored).
-            request.abandoned = True
-        result = request.result
+        result = await request.wait()
         if isinstance(result, psycopg.Error):
             raise _translate(result) from result
         if isinstance(result, BaseException):
@@ -237,7 +209,7 @@ class PostgresStore(Generic[E]):
         if status == STATUS_OK:
             stored = _decode_appended(self.codec, request.args, version, positions or [])
             if stored:
-                self._advance_head(stored[-1].position)
+                self._head.advance(stored[-1].position)
             return stored
         if status == STATUS_CONFLICT:
             raise ConcurrencyError(stream_id, expected_version, version)
@@ -299,51 +271,7 @@ class PostgresStore(Generic[E]):
         first use. Bound the wait with ``trio.move_on_after``; a follower typically
         reads until ``read_all`` comes back empty, then waits here.
         """
-        await self._ensure_listening()
-        checked: int | None = None
-        while self._known_head <= after_position:
-            if checked != self._listen_generation:
-                # (Re)connected: notifications may have been missed, so ask.
-                checked = self._listen_generation
-                self._advance_head(await self.head_position())
-            else:
-                await self._head_changed.wait()
-
-    async def _ensure_listening(self) -> None:
-        await trio.lowlevel.checkpoint()
-        if self._listening:
-            return
-        async with self._listen_lock:
-            if not self._listening:
-                try:
-                    await self._nursery.start(
-                        partial(
-                            run_pg_listener,
-                            self._dsn,
-                            self._queries.channel,
-                            self._on_notify,
-                            application_name=f"{self._name}-listen",
-                        )
-                    )
-                except psycopg.Error as exc:
-                    raise _translate(exc) from exc
-                self._listening = True
-
-    def _on_notify(self, payload: str | None) -> None:
-        if payload is None:
-            self._listen_generation += 1
-            self._wake()
-        elif payload.isdigit():
-            self._advance_head(int(payload))
-
-    def _advance_head(self, position: int) -> None:
-        if position > self._known_head:
-            self._known_head = position
-            self._wake()
-
-    def _wake(self) -> None:
-        self._head_changed.set()
-        self._head_changed = trio.Event()
+        await self._head.wait_above(after_position, self.head_position)
 
     # -- CheckpointStore ---------------------------------------------------------------
 
@@ -376,7 +304,8 @@ class PostgresStore(Generic[E]):
 
     def statistics(self) -> PostgresStoreStatistics:
         """Counters of the group-commit writer."""
-        return PostgresStoreStatistics(self._groups, self._appends, self._largest_group)
+        writer = self._writer
+        return PostgresStoreStatistics(writer.groups, writer.appends, writer.largest_group)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -385,57 +314,6 @@ class PostgresStore(Generic[E]):
             return await (self._read_pool if read else self._pool).run(fn)
         except psycopg.Error as exc:
             raise _translate(exc) from exc
-
-    async def _run_writer(self, receive: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
-        pending: deque[_AppendRequest] = deque()
-        group: list[_AppendRequest] = []
-        try:
-            async with receive:
-                while True:
-                    if not pending:
-                        try:
-                            pending.append(await receive.receive())
-                        except trio.EndOfChannel:
-                            return
-                    while len(pending) < MAX_GROUP_REQUESTS:
-                        try:
-                            pending.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    group = _take_group(pending)
-                    if not group:
-                        continue
-                    results: Sequence[AppendRow | BaseException]
-                    try:
-                        results = await self._pool.run(
-                            partial(write_group, self._queries, [r.args for r in group])
-                        )
-                    except Exception as exc:
-                        # Every append of the group fails alike; each appender raises it.
-                        results = [exc] * len(group)
-                    self._groups += 1
-                    self._appends += len(group)
-                    self._largest_group = max(self._largest_group, len(group))
-                    for request, result in zip(group, results, strict=True):
-                        request.result = result
-                        request.done.set()
-                    group = []
-        finally:
-            # Closing: appenders still waiting (in tasks that outlive the store) must not
-            # wait forever. A group cut off mid-call may or may not have been stored.
-            leftovers = [*group, *pending]
-            while True:
-                try:
-                    leftovers.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            for request in leftovers:
-                if not request.done.is_set():
-                    request.result = trio.ClosedResourceError(
-                        "the PostgreSQL store closed before this append finished; "
-                        "it may or may not have been stored"
-                    )
-                    request.done.set()
 
 
 def _take_group(pending: deque[_AppendRequest]) -> list[_AppendRequest]:
@@ -587,6 +465,17 @@ async def open_postgres_store(
             raise _translate(exc) from exc
         async with trio.open_nursery() as nursery:
             send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
+            writer = GroupWriter(
+                pool,
+                _take_group,
+                partial(write_group, queries),
+                MAX_GROUP_REQUESTS,
+                closed_message=(
+                    "the PostgreSQL store closed before this append finished; "
+                    "it may or may not have been stored"
+                ),
+            )
+            head = HeadTracker(nursery, dsn, queries.channel, f"{name}-listen", _translate)
             store = PostgresStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
@@ -594,12 +483,11 @@ async def open_postgres_store(
                 pool=pool,
                 read_pool=read_pool,
                 queries=queries,
-                dsn=dsn,
-                name=name,
-                nursery=nursery,
                 requests=send,
+                head=head,
+                writer=writer,
             )
-            nursery.start_soon(store._run_writer, receive)
+            nursery.start_soon(writer.run, receive)
             try:
                 yield store
             finally:

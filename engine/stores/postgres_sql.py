@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg_pool import PoolClosed, PoolTimeout
 
 from engine.codec import Codec
 from engine.drivers.postgres import PgConnection
 from engine.errors import EskitError
 from engine.events import Event, ExpectedVersion
 from engine.stores.encoding import EncodedNewEvent, decode_event
+from engine.stores.pg_support import (
+    advisory_key,
+    channel_name,
+    check_schema_name,
+    compose,
+    connection_lost,
+    execute,
+    fetch_one,
+    migrate_schema,
+)
 
 __all__ = [
     "EXPECTED_ANY",
@@ -62,8 +71,6 @@ STATUS_CONFLICT = 1
 STATUS_REPLAY = 2
 STATUS_KEY_CONFLICT = 3
 
-_MAX_IDENTIFIER_BYTES = 63
-
 
 def expected_code(expected: int | ExpectedVersion) -> int:
     """Encode an expected version for the append function.
@@ -86,12 +93,10 @@ def expected_code(expected: int | ExpectedVersion) -> int:
 
 
 def _key(purpose: str, schema: str) -> int:
-    digest = hashlib.blake2b(f"eskit:{purpose}:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key("eskit", purpose, schema)
 
 
-def _q(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_bytes(None)
+_q = compose
 
 
 _COLUMNS = (
@@ -132,11 +137,8 @@ class Queries:
 
 @functools.lru_cache(maxsize=64)
 def _queries_for(schema: str) -> Queries:
-    if not isinstance(schema, str) or not schema or "\x00" in schema:
-        raise ValueError(f"a schema name must be a non-empty str without NUL, got {schema!r}")
-    if len(schema.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"a schema name must be at most 63 UTF-8 bytes, got {schema!r}")
-    channel = "eskit_" + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
+    check_schema_name(schema)
+    channel = channel_name("eskit_", schema)
     return Queries(
         schema=schema,
         channel=channel,
@@ -363,39 +365,17 @@ def migrate(q: Queries, conn: PgConnection) -> int:
     Raises:
         EskitError: The schema was migrated by a newer eskit.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [q.migrate_lock])
-        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [q.schema])
-        if exists.fetchone() is None:
-            conn.execute(_q("CREATE SCHEMA {s}", q.schema))
-        # Check before creating: CREATE ... IF NOT EXISTS needs the CREATE privilege
-        # even when there is nothing to create.
-        table = _q("{s}.schema_migrations", q.schema).decode()
-        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,):
-            conn.execute(
-                _q(
-                    "CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, "
-                    "applied_at timestamptz NOT NULL DEFAULT now())",
-                    q.schema,
-                )
-            )
-        row = conn.execute(
-            _q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations", q.schema)
-        ).fetchone()
-        current = int(row[0]) if row else 0
-        if current > len(MIGRATIONS):
-            raise EskitError(
-                f"schema {q.schema!r} is at version {current}, newer than this eskit "
-                f"knows ({len(MIGRATIONS)}): upgrade eskit"
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            for statement in MIGRATIONS[version - 1](q):
-                conn.execute(statement.encode())
-            conn.execute(
-                _q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)", q.schema),
-                [version],
-            )
-        return len(MIGRATIONS)
+    return migrate_schema(
+        conn,
+        schema=q.schema,
+        lock=q.migrate_lock,
+        table="schema_migrations",
+        migrations=[partial(migration, q) for migration in MIGRATIONS],
+        too_new=lambda current: (
+            f"schema {q.schema!r} is at version {current}, newer than this eskit "
+            f"knows ({len(MIGRATIONS)}): upgrade eskit"
+        ),
+    )
 
 
 # -- units of work (blocking; each runs in one driver thread) ---------------------------
@@ -413,17 +393,6 @@ class AppendArgs:
     key: str | None
     encoded: Sequence[EncodedNewEvent]
     recorded_at: dt.datetime
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` means the connection (not the statement) failed: lost, refused,
-    terminated by the server, or no pooled connection in time."""
-    if isinstance(exc, PoolTimeout | PoolClosed):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return state is None or state.startswith(("08", "57P"))
 
 
 def call_append(q: Queries, conn: PgConnection, group: Sequence[AppendArgs]) -> list[AppendRow]:
@@ -528,16 +497,6 @@ def fetch_idempotent(
     if count == 0:
         return []
     return fetch_events(codec, q.load, [stream_id, first_version - 1, count], conn)
-
-
-def fetch_one(query: bytes, params: Sequence[Any], conn: PgConnection) -> tuple[Any, ...] | None:
-    """The first row of a query, or ``None``."""
-    return conn.execute(query, params).fetchone()
-
-
-def execute(query: bytes, params: Sequence[Any], conn: PgConnection) -> None:
-    """Run a statement for its effect."""
-    conn.execute(query, params)
 
 
 def save_checkpoint(
