@@ -31,6 +31,7 @@ from engine.stores.pg_support import (
     check_schema_name,
     compose,
     migrate_schema,
+    plpgsql_function,
 )
 
 __all__ = [
@@ -205,34 +206,19 @@ END
 
 
 def _append_function(q: DcbQueries) -> str:
-    body = (
-        sql.SQL(_APPEND_FUNCTION_BODY)
-        .format(
-            s=sql.Identifier(q.schema),
-            lock=sql.Literal(q.append_lock),
-            channel=sql.Literal(q.channel),
-        )
-        .as_string(None)
+    signature = (
+        "dcb_append("
+        "req_count int[], req_has_cond bool[], req_all bool[], req_after bigint[], "
+        "req_item_lo int[], req_item_n int[], req_recorded_at timestamptz[], "
+        "it_ty_off int[], it_ty_n int[], it_types text[], "
+        "it_tg_off int[], it_tg_n int[], it_tags text[], "
+        "ev_type text[], ev_schema int[], ev_data bytea[], ev_meta bytea[], ev_id uuid[], "
+        "ev_tag_off int[], ev_tag_n int[], ev_tags text[]) "
+        "RETURNS TABLE (o_status int, o_position bigint) "
     )
-    tag, n = "$eskit$", 0
-    while tag in body:
-        n += 1
-        tag = f"$eskit{n}$"
-    head = (
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {s}.dcb_append("
-            "req_count int[], req_has_cond bool[], req_all bool[], req_after bigint[], "
-            "req_item_lo int[], req_item_n int[], req_recorded_at timestamptz[], "
-            "it_ty_off int[], it_ty_n int[], it_types text[], "
-            "it_tg_off int[], it_tg_n int[], it_tags text[], "
-            "ev_type text[], ev_schema int[], ev_data bytea[], ev_meta bytea[], ev_id uuid[], "
-            "ev_tag_off int[], ev_tag_n int[], ev_tags text[]) "
-            "RETURNS TABLE (o_status int, o_position bigint) LANGUAGE plpgsql AS "
-        )
-        .format(s=sql.Identifier(q.schema))
-        .as_string(None)
+    return plpgsql_function(
+        signature, _APPEND_FUNCTION_BODY, schema=q.schema, lock=q.append_lock, channel=q.channel
     )
-    return f"{head}{tag}{body}{tag}"
 
 
 def _migration_1(q: DcbQueries) -> list[str]:

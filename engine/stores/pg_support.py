@@ -45,6 +45,7 @@ __all__ = [
     "execute",
     "fetch_one",
     "migrate_schema",
+    "plpgsql_function",
     "take_fifo_group",
     "translate",
 ]
@@ -174,6 +175,35 @@ def migrate_schema(
                 [version],
             )
         return len(migrations)
+
+
+def plpgsql_function(signature: str, body: str, *, schema: str, lock: int, channel: str) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of a PL/pgSQL function in ``schema``.
+
+    Args:
+        signature: Name, arguments and ``RETURNS`` clause, ending in a space.
+        body: The body, with ``{s}`` (the schema), ``{lock}`` (the append lock's key)
+            and ``{channel}`` (the NOTIFY channel) filled in as quoted SQL.
+        schema: The schema.
+        lock: The advisory key of the append lock.
+        channel: The NOTIFY channel.
+    """
+    text = (
+        sql.SQL(body)
+        .format(s=sql.Identifier(schema), lock=sql.Literal(lock), channel=sql.Literal(channel))
+        .as_string(None)
+    )
+    # The body is dollar-quoted; pick a tag that the (quoted) schema name cannot end.
+    tag, n = "$eskit$", 0
+    while tag in text:
+        n += 1
+        tag = f"$eskit{n}$"
+    head = (
+        sql.SQL("CREATE OR REPLACE FUNCTION {s}." + signature + "LANGUAGE plpgsql AS ")
+        .format(s=sql.Identifier(schema))
+        .as_string(None)
+    )
+    return f"{head}{tag}{text}{tag}"
 
 
 def fetch_one(query: bytes, params: Sequence[Any], conn: PgConnection) -> tuple[Any, ...] | None:

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import attrs
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 
 from engine.codec import Codec
 from engine.drivers.postgres import PgConnection
@@ -34,6 +33,7 @@ from engine.stores.pg_support import (
     execute,
     fetch_one,
     migrate_schema,
+    plpgsql_function,
 )
 
 __all__ = [
@@ -287,33 +287,16 @@ END
 
 
 def _append_function(q: Queries) -> str:
-    body = (
-        sql.SQL(_APPEND_FUNCTION_BODY)
-        .format(
-            s=sql.Identifier(q.schema),
-            lock=sql.Literal(q.append_lock),
-            channel=sql.Literal(q.channel),
-        )
-        .as_string(None)
+    signature = (
+        "append_events("
+        "req_stream text[], req_expected bigint[], req_key text[], req_count int[], "
+        "req_recorded_at timestamptz[], ev_req int[], ev_seq int[], ev_type text[], "
+        "ev_schema int[], ev_data bytea[], ev_meta bytea[], ev_id uuid[]) "
+        "RETURNS TABLE (o_status int, o_version bigint, o_other text, o_positions bigint[]) "
     )
-    # The body is dollar-quoted; pick a tag that the (quoted) schema name cannot end.
-    tag, n = "$eskit$", 0
-    while tag in body:
-        n += 1
-        tag = f"$eskit{n}$"
-    head = (
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {s}.append_events("
-            "req_stream text[], req_expected bigint[], req_key text[], req_count int[], "
-            "req_recorded_at timestamptz[], ev_req int[], ev_seq int[], ev_type text[], "
-            "ev_schema int[], ev_data bytea[], ev_meta bytea[], ev_id uuid[]) "
-            "RETURNS TABLE (o_status int, o_version bigint, o_other text, o_positions bigint[]) "
-            "LANGUAGE plpgsql AS "
-        )
-        .format(s=sql.Identifier(q.schema))
-        .as_string(None)
+    return plpgsql_function(
+        signature, _APPEND_FUNCTION_BODY, schema=q.schema, lock=q.append_lock, channel=q.channel
     )
-    return f"{head}{tag}{body}{tag}"
 
 
 def _migration_1(q: Queries) -> list[str]:
