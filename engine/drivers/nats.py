@@ -439,7 +439,9 @@ class NatsConnection:
                     send_channel.send_nowait(msg)
                 except trio.WouldBlock:
                     handle.dropped += 1
-                except trio.ClosedResourceError:
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    # The block is exiting: closing the receive side checkpoints before
+                    # the send side closes, and a burst may land in between.
                     arrived.clear()
 
         async def on_message(msg: Msg) -> None:  # asyncio thread
