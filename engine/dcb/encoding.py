@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import attrs
-import orjson
 
 from engine.codec import Codec
 from engine.dcb.base import DcbEvent, SequencedEvent
-from engine.errors import EventTooLargeError
-from engine.stores.encoding import decode_metadata
+from engine.stores.encoding import decode_metadata, encode_body
 
 __all__ = ["DCB_LOG_NAME", "EncodedDcbEvent", "check_batch", "decode_event", "encode_events"]
 
@@ -72,11 +70,9 @@ def encode_events(
     check_batch(events)
     encoded = []
     for event in events:
-        body = codec.encode(event.data)
-        metadata = orjson.dumps(dict(event.metadata)) if event.metadata else b"{}"
-        size = len(body.data) + len(metadata)
-        if size > max_event_bytes:
-            raise EventTooLargeError(DCB_LOG_NAME, body.type, size, max_event_bytes)
+        body, metadata = encode_body(
+            codec, event.data, event.metadata, max_event_bytes=max_event_bytes, where=DCB_LOG_NAME
+        )
         encoded.append(
             EncodedDcbEvent(
                 event.event_id, body.type, body.schema_version, body.data, metadata, event.tags

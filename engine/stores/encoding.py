@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import attrs
 import orjson
 
-from engine.codec import Codec
+from engine.codec import Codec, EncodedEvent
 from engine.errors import CodecError, EventTooLargeError
 from engine.events import Event, NewEvent, validate_stream_id
 
-__all__ = ["EncodedNewEvent", "decode_event", "decode_metadata", "encode_batch"]
+__all__ = ["EncodedNewEvent", "decode_event", "decode_metadata", "encode_batch", "encode_body"]
 
 E = TypeVar("E")
 
@@ -33,6 +33,24 @@ class EncodedNewEvent:
     schema_version: int
     data: bytes
     metadata: bytes
+
+
+def encode_body(
+    codec: Codec[E], data: E, metadata: Mapping[str, str], *, max_event_bytes: int, where: str
+) -> tuple[EncodedEvent, bytes]:
+    """Encode one event's data and metadata, refusing it when together they are over
+    ``max_event_bytes``.
+
+    Raises:
+        EventTooLargeError: Over the limit (``where`` names the stream or log).
+        CodecError: The data cannot be encoded.
+    """
+    body = codec.encode(data)
+    encoded_metadata = orjson.dumps(dict(metadata)) if metadata else b"{}"
+    size = len(body.data) + len(encoded_metadata)
+    if size > max_event_bytes:
+        raise EventTooLargeError(where, body.type, size, max_event_bytes)
+    return body, encoded_metadata
 
 
 def encode_batch(
@@ -51,11 +69,9 @@ def encode_batch(
     for event in events:
         if not isinstance(event, NewEvent):
             raise TypeError(f"append takes NewEvent items, got {type(event).__qualname__}")
-        body = codec.encode(event.data)
-        metadata = orjson.dumps(dict(event.metadata)) if event.metadata else b"{}"
-        size = len(body.data) + len(metadata)
-        if size > max_event_bytes:
-            raise EventTooLargeError(stream_id, body.type, size, max_event_bytes)
+        body, metadata = encode_body(
+            codec, event.data, event.metadata, max_event_bytes=max_event_bytes, where=stream_id
+        )
         encoded.append(
             EncodedNewEvent(event.event_id, body.type, body.schema_version, body.data, metadata)
         )
