@@ -86,7 +86,9 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     results = json.loads(Path(argv[0]).read_text())["results"]
-    Path(argv[1]).write_text(svg(curves(results), "Commands per second against concurrency (database backends)"))
+    Path(argv[1]).write_text(
+        svg(curves(results), "Commands per second against concurrency (database backends)")
+    )
     return 0
 
 

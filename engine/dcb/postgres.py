@@ -426,7 +426,18 @@ async def open_postgres_dcb_store(
             take = partial(
                 take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES
             )
-            writer = GroupWriter(pool, take, partial(_write_group, queries), MAX_GROUP_REQUESTS)
+            writer = GroupWriter(
+                pool,
+                take,
+                partial(_write_group, queries),
+                MAX_GROUP_REQUESTS,
+                # Appenders still waiting when the store closes get ClosedResourceError
+                # instead of waiting forever, as the event store's do.
+                closed_message=(
+                    "the PostgreSQL DCB store closed before this append finished; "
+                    "it may or may not have been stored"
+                ),
+            )
             head = HeadTracker(nursery, dsn, queries.channel, "eskit-listen", _translate)
             store: PostgresDcbStore[E] = PostgresDcbStore(
                 codec=codec,
