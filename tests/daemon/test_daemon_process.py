@@ -15,11 +15,16 @@ from tests.servers import free_port
 
 
 async def start_daemon(config: Path) -> tuple[trio.Process, str]:
-    """Start ``eskit run`` and wait for its "ready" line; return the process and base URL."""
+    """Start ``eskit run`` and wait for its "ready" line; return the process and base URL.
+
+    The daemon logs warnings only: nobody reads its pipe after the "ready" line, and a
+    log line per request would fill the pipe and block the engine under load.
+    """
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "engine", "run", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "ESKIT_LOG_LEVEL": "WARNING"},
     )
     assert proc.stdout is not None
     output = b""
