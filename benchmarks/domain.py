@@ -6,6 +6,7 @@ codec cost is realistic and the same for eskit, the raw-driver floor and the pee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,8 @@ def codec(fast: bool = True) -> Codec[Any]:
     return Codec(registry, format=ORJSON) if fast else Codec(registry)
 
 
+@functools.cache
 def payload_bytes() -> bytes:
-    """The encoded payload the floors write, byte for byte what eskit writes."""
+    """The encoded payload the floors write, byte for byte what eskit writes (computed once:
+    the floors must not pay for building a codec per row)."""
     return codec().encode(Deposited(1)).data
