@@ -265,16 +265,46 @@ class CommandHandler(Generic[S, C, E]):
         # command on the same stream simply misses the cache and reads the store.
         cached = self._cache.pop(stream_id)
         if cached is not None:
-            self._counts["cache_hits"] += 1
             version, state = cached
         else:
-            self._counts["cache_misses"] += 1
             state, version = await self._load_snapshot(stream_id)
         events = await self.store.load(stream_id, after_version=version)
         if events:
             state = self._fold(state, events)
             version = events[-1].version
         return state, version
+
+    async def _decide(self, stream_id: str, command: C) -> tuple[S, int, list[E]]:
+        """Decide ``command`` on the stream's state; return the state, its version, the events.
+
+        With a cached state the store is not read at all when the decision produces
+        events: the append's expected version proves the state was current (a stale
+        state fails the append with a conflict, and the retry reads the store). A
+        rejection or an empty decision proves nothing, so those are only trusted on a
+        state brought up to date from the store first.
+        """
+        cached = self._cache.pop(stream_id)
+        if cached is not None:
+            self._counts["cache_hits"] += 1
+            version, state = cached
+            try:
+                decided = list(self.decider.decide(state, command))
+            except Exception:
+                decided = []
+            if decided:
+                return state, version, decided
+            events = await self.store.load(stream_id, after_version=version)
+            if events:
+                state = self._fold(state, events)
+                version = events[-1].version
+        else:
+            self._counts["cache_misses"] += 1
+            state, version = await self._take(stream_id)
+        try:
+            return state, version, list(self.decider.decide(state, command))
+        except BaseException:
+            self._cache.put(stream_id, version, state)
+            raise
 
     async def _handle(self, context: CommandContext[Any]) -> CommandResult[S, E]:
         stream_id, command, command_id = context.stream_id, context.command, context.command_id
@@ -284,12 +314,7 @@ class CommandHandler(Generic[S, C, E]):
                 return await self._replayed(stream_id, command_id, previous)
         actual = 0
         for attempt in range(1, self.max_attempts + 1):
-            state, version = await self._take(stream_id)
-            try:
-                decided = list(self.decider.decide(state, command))
-            except BaseException:
-                self._cache.put(stream_id, version, state)
-                raise
+            state, version, decided = await self._decide(stream_id, command)
             if not decided and command_id is None:
                 self._cache.put(stream_id, version, state)
                 return CommandResult(state, [], version)

@@ -156,18 +156,91 @@ async def test_snapshots_every_n_events_and_loads_from_them() -> None:
     assert (await other.load("s"))[0] == Total(28, 7)
 
 
-async def test_cache_reads_only_new_events() -> None:
-    """A cached stream is not reloaded from scratch, and events written by another
-    handler are still seen before deciding."""
+async def test_cache_skips_the_read_and_a_stale_entry_costs_one_conflict() -> None:
+    """A cached stream is decided without reading the store; when another writer moved
+    the stream, the append conflicts and the retry reads the store: a stale entry costs a
+    conflict and a reload, never a wrong decision."""
     store: MemoryStore[Any] = MemoryStore(codec())
     first = CommandHandler(decider=adder, store=store)
     second = CommandHandler(decider=adder, store=store)
     await first.handle("s", Add(1))
+    await first.handle("s", Add(1))
+    assert first.statistics().conflicts == 0
     await second.handle("s", Add(2))
     result = await first.handle("s", Add(3))
-    assert result.state == Total(6, 3)
+    assert result.state == Total(7, 4)
+    assert [e.data.n for e in await store.load("s")] == [1, 1, 2, 3]
     stats = first.statistics()
-    assert (stats.cache_hits, stats.cache_misses, stats.cached_streams) == (1, 1, 1)
+    assert (stats.cache_hits, stats.cache_misses, stats.conflicts) == (2, 2, 1)
+
+
+@attrs.frozen
+class Reset:
+    pass
+
+
+@attrs.frozen
+class WasReset:
+    pass
+
+
+@attrs.frozen
+class Spend:
+    n: int
+
+
+def _budget_decide(state: int, command: Any) -> list[Any]:
+    match command:
+        case Add(n=n):
+            return [Added(n)]
+        case Reset():
+            return [WasReset()] if state else []
+        case Spend(n=n):
+            if n > state:
+                raise DomainError("over budget")
+            return [Added(-n)]
+    raise TypeError(command)
+
+
+def _budget_evolve(state: int, event: Any) -> int:
+    return 0 if isinstance(event, WasReset) else state + event.n
+
+
+budget = Decider(initial_state=int, decide=_budget_decide, evolve=_budget_evolve)
+
+
+def budget_codec() -> Codec[Any]:
+    registry = EventRegistry()
+    registry.register(Added)
+    registry.register(WasReset)
+    return Codec(registry)
+
+
+async def test_empty_decision_on_a_stale_cache_is_checked_against_the_store() -> None:
+    """A command that decides nothing on a cached state is decided again on the current
+    state: a reset that looked unneeded (cached 0) resets what another writer added."""
+    store: MemoryStore[Any] = MemoryStore(budget_codec())
+    mine = CommandHandler(decider=budget, store=store)
+    other = CommandHandler(decider=budget, store=store)
+    await mine.handle("b", Add(0))
+    await other.handle("b", Add(5))
+    result = await mine.handle("b", Reset())
+    assert result.state == 0
+    assert [type(e.data) for e in result.events] == [WasReset]
+
+
+async def test_rejection_on_a_stale_cache_is_checked_against_the_store() -> None:
+    """A command rejected on a cached state is decided again on the current state: a
+    spend that looked over budget succeeds after another writer's deposit."""
+    store: MemoryStore[Any] = MemoryStore(budget_codec())
+    mine = CommandHandler(decider=budget, store=store)
+    other = CommandHandler(decider=budget, store=store)
+    await mine.handle("b", Add(1))
+    await other.handle("b", Add(10))
+    result = await mine.handle("b", Spend(8))
+    assert result.state == 3
+    with pytest.raises(DomainError, match="over budget"):
+        await mine.handle("b", Spend(100))
 
 
 async def test_mutating_evolve_is_safe_under_concurrency() -> None:
