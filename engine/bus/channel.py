@@ -12,7 +12,7 @@ import trio
 from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER, Notification
 from engine.events import Event
 
-__all__ = ["BusStatistics", "ChannelEventBus", "ChannelSubscription"]
+__all__ = ["BusStatistics", "ChannelEventBus", "ChannelSubscription", "Subscriber"]
 
 E = TypeVar("E")
 
@@ -33,11 +33,26 @@ class BusStatistics:
 
 
 @attrs.define(eq=False)
-class _Subscriber(Generic[E]):
+class Subscriber(Generic[E]):
+    """The sending end of one subscriber's bounded buffer (shared by every local fan-out)."""
+
     send: trio.MemorySendChannel[Notification[E]]
     # The highest position of a dropped publication, until the subscriber is told.
     missed_head: int | None = None
     dropped: int = 0
+
+    def offer(self, events: tuple[Event[E], ...], head: int, *, missed: bool = False) -> bool:
+        """Queue a notification without waiting; when the buffer is full, drop it, remember
+        the gap (the next notification says ``missed``) and return False."""
+        missed = missed or self.missed_head is not None
+        try:
+            self.send.send_nowait(Notification(events, head, missed=missed))
+        except trio.WouldBlock:
+            self.missed_head = max(self.missed_head or 0, head)
+            self.dropped += 1
+            return False
+        self.missed_head = None
+        return True
 
 
 @attrs.define(eq=False)
@@ -45,7 +60,7 @@ class ChannelSubscription(Generic[E]):
     """One subscriber's bounded buffer of notifications (see :class:`ChannelEventBus`)."""
 
     _receive: trio.MemoryReceiveChannel[Notification[E]]
-    _subscriber: _Subscriber[E]
+    _subscriber: Subscriber[E]
 
     @property
     def dropped(self) -> int:
@@ -97,7 +112,7 @@ class ChannelEventBus(Generic[E]):
         ...         ...
     """
 
-    _subscribers: set[_Subscriber[E]] = attrs.field(factory=set, init=False)
+    _subscribers: set[Subscriber[E]] = attrs.field(factory=set, init=False)
     _published: int = attrs.field(default=0, init=False)
     _dropped: int = attrs.field(default=0, init=False)
 
@@ -112,19 +127,9 @@ class ChannelEventBus(Generic[E]):
         self._published += 1
         batch = tuple(events)
         head = max(event.position for event in batch)
-        plain = Notification(batch, head)
         for subscriber in self._subscribers:
-            missed = subscriber.missed_head is not None
-            try:
-                subscriber.send.send_nowait(
-                    Notification(batch, head, missed=True) if missed else plain
-                )
-            except trio.WouldBlock:
-                subscriber.missed_head = max(subscriber.missed_head or 0, head)
-                subscriber.dropped += 1
+            if not subscriber.offer(batch, head):
                 self._dropped += 1
-            else:
-                subscriber.missed_head = None
 
     @asynccontextmanager
     async def subscribe(
@@ -133,7 +138,7 @@ class ChannelEventBus(Generic[E]):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         send, receive = trio.open_memory_channel[Notification[E]](buffer_size)
-        subscriber = _Subscriber(send)
+        subscriber = Subscriber(send)
         self._subscribers.add(subscriber)
         try:
             await trio.lowlevel.checkpoint()

@@ -34,6 +34,7 @@ import orjson
 import trio
 
 from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER, Notification
+from engine.bus.channel import ChannelSubscription, Subscriber
 from engine.drivers.nats import NatsConnection, NatsStatistics, Subscription, open_nats
 from engine.events import Event
 
@@ -90,50 +91,8 @@ class NATSBusStatistics:
     malformed: int
 
 
-@attrs.define(eq=False)
-class _Subscriber(Generic[E]):
-    send: trio.MemorySendChannel[Notification[E]]
-    # The highest head not delivered yet because of a drop or a gap, until delivered.
-    missed_head: int | None = None
-    dropped: int = 0
-
-
-@attrs.define(eq=False)
-class NATSSubscription(Generic[E]):
-    """One local subscriber's bounded buffer of notifications."""
-
-    _receive: trio.MemoryReceiveChannel[Notification[E]]
-    _subscriber: _Subscriber[E]
-
-    @property
-    def dropped(self) -> int:
-        """How many notifications this subscription has dropped so far."""
-        return self._subscriber.dropped
-
-    def receive_nowait(self) -> Notification[E]:
-        try:
-            return self._receive.receive_nowait()
-        except trio.WouldBlock:
-            # Drained after a drop with nothing new since: report the gap now.
-            head = self._subscriber.missed_head
-            if head is None:
-                raise
-            self._subscriber.missed_head = None
-            return Notification((), head, missed=True)
-
-    async def receive(self) -> Notification[E]:
-        try:
-            notification = self.receive_nowait()
-        except trio.WouldBlock:
-            return await self._receive.receive()
-        await trio.lowlevel.checkpoint()
-        return notification
-
-    def __aiter__(self) -> AsyncIterator[Notification[E]]:
-        return self
-
-    async def __anext__(self) -> Notification[E]:
-        return await self.receive()
+#: One local subscriber's bounded buffer: the same as the in-process bus's.
+NATSSubscription = ChannelSubscription
 
 
 @attrs.define(eq=False)
@@ -152,7 +111,7 @@ class NATSEventBus(Generic[E]):
 
     _connection: NatsConnection
     subject: str
-    _subscribers: set[_Subscriber[E]] = attrs.field(factory=set, init=False)
+    _subscribers: set[Subscriber[E]] = attrs.field(factory=set, init=False)
     _head: int = attrs.field(default=0, init=False)
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
 
@@ -188,7 +147,7 @@ class NATSEventBus(Generic[E]):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         send, receive = trio.open_memory_channel[Notification[E]](buffer_size)
-        subscriber = _Subscriber(send)
+        subscriber = Subscriber(send)
         self._subscribers.add(subscriber)
         try:
             await trio.lowlevel.checkpoint()
@@ -214,16 +173,9 @@ class NATSEventBus(Generic[E]):
 
     # -- fan-out ---------------------------------------------------------------------
 
-    def _offer(self, subscriber: _Subscriber[E], head: int, *, missed: bool) -> None:
-        missed = missed or subscriber.missed_head is not None
-        try:
-            subscriber.send.send_nowait(Notification((), head, missed=missed))
-        except trio.WouldBlock:
-            subscriber.missed_head = max(subscriber.missed_head or 0, head)
-            subscriber.dropped += 1
+    def _offer(self, subscriber: Subscriber[E], head: int, *, missed: bool) -> None:
+        if not subscriber.offer((), head, missed=missed):
             self._counts["dropped"] += 1
-        else:
-            subscriber.missed_head = None
 
     def _deliver(self, head: int) -> None:
         self._head = max(self._head, head)
