@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: run demo test lint check binary clean
+.PHONY: run demo browser test lint check binary clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,18 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python -m eskit_bank
 
+## browser: Debian's Chromium, for the status page's headless-browser test (installed when missing)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the status-page test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "the status-page test needs Chromium: sudo apt-get install chromium" >&2; exit 1; \
+	  fi; }
+
 ## test: the whole test suite against real PostgreSQL and nats-server (started by the suite)
-test: $(BIN)/.installed
+test: $(BIN)/.installed browser
 	$(BIN)/pytest
 
 ## lint: ruff, ruff format and mypy strict
