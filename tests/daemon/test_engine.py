@@ -170,6 +170,7 @@ async def test_readiness_metrics_and_runners(engine: Engine) -> None:
         "bank.balances",
         "bank.welcome-bonus",
         "orders.order-list",
+        "orders.reserve-inventory",
         "orders.ship-digital",
     }
     status, metrics = await http(f"{base}/metrics")
@@ -209,3 +210,29 @@ def test_plugin_errors_name_the_plugin() -> None:
         load_plugins([], modules=["json:decoder"])
     with pytest.raises(PluginError, match="failed to build"):
         load_plugins([], modules=["json:dumps"])
+
+
+async def test_submitted_orders_reserve_stock_through_the_engine(engine: Engine) -> None:
+    """The reservation automation reserves a parcel order's stock in the running engine."""
+    base = engine.http_urls[0]
+    for stream_id, command, data in [
+        ("inventory-book", "Restock", {"quantity": 3}),
+        ("order-1", "CreateOrder", {"customer_id": "c-1"}),
+        ("order-1", "AddItem", {"sku": "book", "quantity": 2, "unit_price": 900}),
+        ("order-1", "SubmitOrder", {}),
+    ]:
+        status, body = await http(
+            f"{base}/commands/orders/{command}",
+            method="POST",
+            body={"stream_id": stream_id, "data": data},
+        )
+        assert status == 200, body
+    with trio.fail_after(10):
+        while (await engine.store.stream_version("inventory-book")) < 2:
+            await engine.runners["orders.reserve-inventory"].wait_caught_up()
+    status, stream = await http(f"{base}/streams/inventory-book")
+    assert [e["type"] for e in stream["events"]] == [
+        "inventory.Restocked",
+        "inventory.StockReserved",
+    ]
+    assert stream["events"][1]["data"] == {"order_id": "order-1", "quantity": 2}

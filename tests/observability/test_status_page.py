@@ -62,7 +62,13 @@ async def burst(base: str) -> None:
             nursery.start_soon(digital_order, n)
 
 
-RUNNERS = ["bank.balances", "bank.welcome-bonus", "orders.order-list", "orders.ship-digital"]
+RUNNERS = [
+    "bank.balances",
+    "bank.welcome-bonus",
+    "orders.order-list",
+    "orders.reserve-inventory",
+    "orders.ship-digital",
+]
 
 
 async def test_the_status_page_shows_the_engine_live(
@@ -74,7 +80,7 @@ async def test_the_status_page_shows_the_engine_live(
     page = await browser.open_page(f"{base}/status?refresh=250")
     with trio.fail_after(20):
         rows = await page.wait_for(
-            "document.querySelectorAll('tr[data-runner]').length === 4 && "
+            f"document.querySelectorAll('tr[data-runner]').length === {len(RUNNERS)} && "
             "[...document.querySelectorAll('tr[data-runner]')].map(r => r.dataset.runner)"
         )
     assert rows == RUNNERS
@@ -122,7 +128,7 @@ async def test_the_status_page_shows_the_engine_live(
     lags = await page.evaluate(
         "[...document.querySelectorAll('tr[data-runner] td.lag')].map(td => td.textContent)"
     )
-    assert lags == ["0"] * 4
+    assert lags == ["0"] * len(RUNNERS)
     operations = await page.evaluate(
         "[...document.querySelectorAll('tr[data-operation]')].map(r => r.dataset.operation)"
     )
@@ -130,7 +136,11 @@ async def test_the_status_page_shows_the_engine_live(
     leases = await page.evaluate(
         "[...document.querySelectorAll('tr[data-lock]')].map(r => r.dataset.lock)"
     )
-    assert leases == ["runner/bank.welcome-bonus", "runner/orders.ship-digital"]
+    assert leases == [
+        "runner/bank.welcome-bonus",
+        "runner/orders.reserve-inventory",
+        "runner/orders.ship-digital",
+    ]
 
     status, _ = await http(
         f"{base}/commands/bank/Deposit",

@@ -2,7 +2,7 @@
 
 from eskit_orders.add_item.command import AddItem
 from eskit_orders.add_item.event import ItemAdded
-from eskit_orders.automations import ship_digital_orders
+from eskit_orders.automations import reserve_inventory, ship_digital_orders
 from eskit_orders.cancel_order.command import CancelOrder
 from eskit_orders.cancel_order.event import OrderCancelled
 from eskit_orders.create_order.command import CreateOrder
@@ -35,5 +35,6 @@ __all__ = [
     "order_counts",
     "order_decider",
     "order_registry",
+    "reserve_inventory",
     "ship_digital_orders",
 ]

@@ -22,6 +22,7 @@ from eskit_orders.cancel_order.event import OrderCancelled
 from eskit_orders.create_order import decider as create_order
 from eskit_orders.create_order.command import CreateOrder
 from eskit_orders.create_order.event import OrderCreated
+from eskit_orders.inventory.event import ReservationFailed, Restocked, StockReserved
 from eskit_orders.ship_order import decider as ship_order
 from eskit_orders.ship_order.command import ShipOrder
 from eskit_orders.ship_order.event import OrderShipped
@@ -93,8 +94,11 @@ order_decider: Decider[OrderState, Any, Any] = Decider(
 
 
 def order_registry() -> EventRegistry:
-    """A registry with every order event under a stable name."""
+    """A registry with every order and inventory event under a stable name."""
     registry = EventRegistry()
     for item in SLICES:
         registry.register(item.event, name=item.event_name)
+    registry.register(Restocked, name="inventory.Restocked")
+    registry.register(StockReserved, name="inventory.StockReserved")
+    registry.register(ReservationFailed, name="inventory.ReservationFailed")
     return registry

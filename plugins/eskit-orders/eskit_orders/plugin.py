@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine import CommandBinding, Plugin, ProjectionContext, ProjectionDefinition, ProjectionSetup
-from eskit_orders.automations import ship_digital_orders
+from eskit_orders.automations import reserve_inventory, ship_digital_orders
 from eskit_orders.decider import order_decider, order_registry
+from eskit_orders.inventory.decider import inventory_decider
 from eskit_orders.views import OrderStatusBoard
 
 
@@ -28,9 +29,9 @@ def order_list(context: ProjectionContext) -> ProjectionSetup:
 
 plugin = Plugin(
     name="orders",
-    description="Order processing as vertical slices; an order list; digital orders ship themselves.",
+    description="Order processing as vertical slices; an order list; stock reservation; digital orders ship themselves.",
     events=order_registry(),
-    commands=[CommandBinding(decider=order_decider)],
+    commands=[CommandBinding(decider=order_decider), CommandBinding(decider=inventory_decider)],
     projections=[ProjectionDefinition(name="order-list", setup=order_list)],
-    reactors={"ship-digital": ship_digital_orders},
+    reactors={"ship-digital": ship_digital_orders, "reserve-inventory": reserve_inventory},
 )

@@ -8,6 +8,7 @@ from eskit_orders import (
     AddItem,
     CreateOrder,
     ItemAdded,
+    LineItem,
     OrderCancelled,
     OrderCounts,
     OrderCreated,
@@ -20,8 +21,10 @@ from eskit_orders import (
     order_counts,
     order_decider,
     order_registry,
+    reserve_inventory,
     ship_digital_orders,
 )
+from eskit_orders.inventory.command import ReserveStock
 
 from engine import (
     Codec,
@@ -98,6 +101,9 @@ async def test_the_automation_closes_the_loop() -> None:
 def test_registry_names_every_slice_event() -> None:
     """Every slice's event has a stable registered name."""
     assert order_registry().names() == [
+        "inventory.ReservationFailed",
+        "inventory.Restocked",
+        "inventory.StockReserved",
         "orders.ItemAdded",
         "orders.OrderCancelled",
         "orders.OrderCreated",
@@ -112,4 +118,27 @@ def test_item_added_round_trips_through_the_codec() -> None:
     encoded = codec.encode(ItemAdded("sku", 2, 300))
     assert codec.decode(encoded.type, encoded.schema_version, encoded.data) == ItemAdded(
         "sku", 2, 300
+    )
+
+
+async def test_parcel_orders_reserve_their_stock() -> None:
+    """A submitted parcel order reserves each line's quantity on its product's stream."""
+    items = (LineItem("book", 2, 900), LineItem("pen", 1, 100))
+    await (
+        ReactorSpec(reserve_inventory)
+        .given(OrderSubmitted(1900, items=items))
+        .then_sends(
+            ("inventory-book", ReserveStock("spec-stream", 2)),
+            ("inventory-pen", ReserveStock("spec-stream", 1)),
+        )
+    )
+
+
+async def test_digital_orders_reserve_nothing() -> None:
+    """Digital orders have no stock to reserve."""
+    items = (LineItem("ebook", 1, 900),)
+    await (
+        ReactorSpec(reserve_inventory)
+        .given(OrderSubmitted(900, digital=True, items=items))
+        .then_sends_nothing()
     )

@@ -18,7 +18,7 @@ def decide(state: OrderState, command: SubmitOrder) -> list[OrderSubmitted]:
         raise DomainError(f"cannot submit a {state.status.value} order")
     if not state.items:
         raise DomainError("cannot submit an empty order")
-    return [OrderSubmitted(state.total, state.digital)]
+    return [OrderSubmitted(state.total, state.digital, state.items)]
 
 
 def evolve(state: OrderState, event: OrderSubmitted) -> OrderState:

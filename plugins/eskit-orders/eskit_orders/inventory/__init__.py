@@ -1,0 +1,1 @@
+"""Slice: stock per product, restocked by hand and reserved by submitted orders."""
