@@ -192,7 +192,10 @@ def test_plugins_bundled_and_from_a_folder(eskit_binary: Path, tmp_path: Path) -
     assert "eskit-bank" in bundled.stdout
     assert "eskit-orders" in bundled.stdout
     assert "commands: Deposit, OpenAccount, Withdraw" in bundled.stdout
-    assert "commands: AddItem, CancelOrder, CreateOrder, ShipOrder, SubmitOrder" in bundled.stdout
+    assert (
+        "commands: AddItem, CancelOrder, CreateOrder, ReserveStock, Restock, ShipOrder, SubmitOrder"
+        in bundled.stdout
+    )
 
     config = write_config(tmp_path, "")
     with_folder = subprocess.run(
@@ -222,8 +225,23 @@ async def test_daemon_on_postgres(eskit_binary: Path, tmp_path: Path, pg: PgTarg
     await run_smoke(eskit_binary, config)
 
 
+async def test_daemon_on_postgres_with_embedded_nats(
+    eskit_binary: Path, tmp_path: Path, pg: PgTarget
+) -> None:
+    """Tier 2 as one node runs it: PostgreSQL events, and the NATS bus and locks on the
+    nats-server the binary carries and starts itself."""
+    config = write_config(
+        tmp_path,
+        f'[store]\nbackend = "postgres"\ndsn = "{pg.dsn}"\nschema = "{pg.schema}"\n\n'
+        '[bus]\nbackend = "nats"\n\n[locks]\nbackend = "nats"\n\n'
+        "[nats]\nembedded = true\nembedded_port = 0\n",
+    )
+    await run_smoke(eskit_binary, config)
+    assert (tmp_path / "data" / "nats").is_dir()
+
+
 async def test_daemon_on_nats(eskit_binary: Path, tmp_path: Path, nats: NatsTarget) -> None:
-    """Tier 3 on the test nats-server (not yet the embedded one): the same through nats-py."""
+    """Tier 3 on the test nats-server: the same through nats-py."""
     config = write_config(
         tmp_path,
         f'[store]\nbackend = "nats"\nnamespace = "{nats.namespace}"\n\n[nats]\nurl = "{nats.url}"\n',
