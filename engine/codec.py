@@ -346,7 +346,7 @@ class Codec(Generic[E]):
                     decoder = self._probe(registration.cls, type_name, data)
                 if decoder is not False:
                     try:
-                        return decoder.decode(data)  # type: ignore[no-any-return]
+                        return decoder.decode(data)  # type: ignore[no-any-return]  # msgspec decoders return Any
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         pass  # cattrs below gives the error its usual wording
         try:

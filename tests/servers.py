@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -34,13 +34,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for(check: object, what: str, log: Path | None, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(
+    check: Callable[[], bool], what: str, log: Path | None, proc: subprocess.Popen[bytes]
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except OSError:
             pass
