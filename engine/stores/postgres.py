@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import psycopg
@@ -79,6 +79,9 @@ from engine.stores.postgres_sql import (
     save_checkpoint,
     write_group,
 )
+
+if TYPE_CHECKING:
+    from engine.stores.postgres_transactional import PostgresTransactionalStore
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -301,6 +304,13 @@ class PostgresStore(Generic[E]):
         """A :class:`~engine.stores.base.SnapshotStore` for states of ``state_type``,
         in this store's schema, encoded with this store's codec."""
         return PostgresSnapshotStore(self, state_type)
+
+    def transactional(self) -> PostgresTransactionalStore:
+        """A :class:`~engine.runners.base.TransactionalStore` in this store's database:
+        read-model writes and runner checkpoints (in this schema) commit together."""
+        from engine.stores.postgres_transactional import PostgresTransactionalStore
+
+        return PostgresTransactionalStore(self._pool, self._queries)
 
     def statistics(self) -> PostgresStoreStatistics:
         """Counters of the group-commit writer."""
