@@ -12,7 +12,13 @@ import trio
 from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER, Notification
 from engine.events import Event
 
-__all__ = ["BusStatistics", "ChannelEventBus", "ChannelSubscription", "Subscriber"]
+__all__ = [
+    "BusStatistics",
+    "ChannelEventBus",
+    "ChannelSubscription",
+    "Subscriber",
+    "local_subscription",
+]
 
 E = TypeVar("E")
 
@@ -94,6 +100,26 @@ class ChannelSubscription(Generic[E]):
         return await self.receive()
 
 
+@asynccontextmanager
+async def local_subscription(
+    subscribers: set[Subscriber[E]], buffer_size: int
+) -> AsyncIterator[ChannelSubscription[E]]:
+    """Register a bounded subscriber in ``subscribers`` for the block (every local fan-out
+    uses this), and unregister and close it afterwards."""
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+    send, receive = trio.open_memory_channel[Notification[E]](buffer_size)
+    subscriber = Subscriber(send)
+    subscribers.add(subscriber)
+    try:
+        await trio.lowlevel.checkpoint()
+        yield ChannelSubscription(receive, subscriber)
+    finally:
+        subscribers.discard(subscriber)
+        send.close()
+        receive.close()
+
+
 @attrs.define(eq=False)
 class ChannelEventBus(Generic[E]):
     """An :class:`~engine.bus.base.EventBus` inside one process.
@@ -135,18 +161,8 @@ class ChannelEventBus(Generic[E]):
     async def subscribe(
         self, *, buffer_size: int = DEFAULT_SUBSCRIPTION_BUFFER
     ) -> AsyncIterator[ChannelSubscription[E]]:
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        send, receive = trio.open_memory_channel[Notification[E]](buffer_size)
-        subscriber = Subscriber(send)
-        self._subscribers.add(subscriber)
-        try:
-            await trio.lowlevel.checkpoint()
-            yield ChannelSubscription(receive, subscriber)
-        finally:
-            self._subscribers.discard(subscriber)
-            send.close()
-            receive.close()
+        async with local_subscription(self._subscribers, buffer_size) as subscription:
+            yield subscription
 
     def statistics(self) -> BusStatistics:
         """A snapshot of the bus's counters."""

@@ -33,8 +33,8 @@ import attrs
 import orjson
 import trio
 
-from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER, Notification
-from engine.bus.channel import ChannelSubscription, Subscriber
+from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER
+from engine.bus.channel import ChannelSubscription, Subscriber, local_subscription
 from engine.drivers.nats import NatsConnection, NatsStatistics, Subscription, open_nats
 from engine.events import Event
 
@@ -144,18 +144,8 @@ class NATSEventBus(Generic[E]):
             buffer_size: How many notifications may wait before later ones are dropped
                 (and the next one delivered is marked ``missed``).
         """
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        send, receive = trio.open_memory_channel[Notification[E]](buffer_size)
-        subscriber = Subscriber(send)
-        self._subscribers.add(subscriber)
-        try:
-            await trio.lowlevel.checkpoint()
-            yield NATSSubscription(receive, subscriber)
-        finally:
-            self._subscribers.discard(subscriber)
-            send.close()
-            receive.close()
+        async with local_subscription(self._subscribers, buffer_size) as subscription:
+            yield subscription
 
     def statistics(self) -> NATSBusStatistics:
         """A snapshot of the client's counters."""

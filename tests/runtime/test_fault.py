@@ -14,6 +14,7 @@ import trio
 
 from engine import NewEvent
 from engine.stores.sqlite import open_sqlite_store
+from tests.runtime.child_output import lines_until
 from tests.runtime.helpers import Noted, codec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,20 +22,6 @@ TOTAL = 300
 BATCH = 25
 # Where each run hangs (mid-batch) before it is killed; 0 = run to the end.
 BLOCK_AT = [37, 88, 90, 151, 299, 0]
-
-
-async def _lines_until(process: trio.Process, last: set[str]) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    buffer = b""
-    while True:
-        chunk = await process.stdout.receive_some()
-        assert chunk, f"the child exited early after {lines[-3:]}"
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        lines += [line.decode() for line in complete]
-        if lines and lines[-1] in last:
-            return lines
 
 
 async def test_sigkill_mid_batch_resumes_from_the_checkpoint(tmp_path: Path) -> None:
@@ -63,7 +50,7 @@ async def test_sigkill_mid_batch_resumes_from_the_checkpoint(tmp_path: Path) -> 
                         env=env,
                     )
                 )
-                lines = await _lines_until(process, {"blocked", "done"})
+                lines = await lines_until(process, {"blocked", "done"})
                 if block_at:
                     process.send_signal(signal.SIGKILL)
             assert process.returncode == (-signal.SIGKILL if block_at else 0)

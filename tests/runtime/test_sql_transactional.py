@@ -28,6 +28,7 @@ from engine.runners import (
 from engine.stores.postgres import PostgresStore, open_postgres_store
 from engine.stores.postgres_transactional import PostgresTransaction
 from tests.conftest import PgTarget
+from tests.runtime.child_output import lines_until
 from tests.runtime.helpers import Noted, codec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,20 +175,6 @@ async def test_checkpoint_compare_and_set_and_statement_errors(pg: PgTarget) -> 
         assert await store.load_checkpoint("c") == 3
 
 
-async def _lines_until(process: trio.Process, last: set[str]) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    buffer = b""
-    while True:
-        chunk = await process.stdout.receive_some()
-        assert chunk, f"the child exited early after {lines[-3:]}"
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        lines += [line.decode() for line in complete]
-        if lines and lines[-1] in last:
-            return lines
-
-
 async def test_sigkill_mid_transaction_applies_each_event_exactly_once(pg: PgTarget) -> None:
     """A runner process killed with SIGKILL inside its transaction, again and again,
     ends with exactly one row per event and its checkpoint at the end."""
@@ -210,7 +197,7 @@ async def test_sigkill_mid_transaction_applies_each_event_exactly_once(pg: PgTar
                         env=env,
                     )
                 )
-                await _lines_until(process, {"blocked", "done"})
+                await lines_until(process, {"blocked", "done"})
                 if block_at:
                     process.send_signal(signal.SIGKILL)
             assert process.returncode == (-signal.SIGKILL if block_at else 0)
