@@ -17,9 +17,7 @@ checkpoint (the position of the last event it is done with). Three handler shape
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
@@ -29,7 +27,7 @@ import attrs
 from engine.errors import EskitError
 from engine.events import Event
 from engine.projection import EventHandler
-from engine.stores.base import CheckpointStore
+from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -156,49 +154,6 @@ class ErrorPolicy:
         return float(
             min(self.backoff_max, self.backoff_initial * self.backoff_multiplier ** (retry - 1))
         )
-
-
-@attrs.frozen(kw_only=True)
-class DeadLetter:
-    """An event a runner gave up on.
-
-    Attributes:
-        runner: The checkpoint name of the runner (``name@version`` for projections).
-        position: The event's global position (with ``runner``, the record's key).
-        event_id: The event's id.
-        stream_id: The event's stream.
-        version: The event's version in its stream.
-        type: The event's type name.
-        reason: ``ExceptionType: message`` of the last failure.
-        attempts: How many times the handler was tried.
-        parked_at: When it was parked (wall clock).
-    """
-
-    runner: str
-    position: int
-    event_id: uuid.UUID
-    stream_id: str
-    version: int
-    type: str
-    reason: str
-    attempts: int
-    parked_at: dt.datetime
-
-
-class DeadLetterStore(Protocol):
-    """Where runners park the events they could not handle."""
-
-    async def park(self, letter: DeadLetter) -> None:
-        """Record ``letter``; parking the same ``(runner, position)`` again replaces it."""
-        ...
-
-    async def dead_letters(self, runner: str | None = None) -> list[DeadLetter]:
-        """The parked events (of ``runner``, or of all runners), by runner and position."""
-        ...
-
-    async def discard(self, runner: str, position: int) -> bool:
-        """Forget one parked event (after it was dealt with); ``False`` if unknown."""
-        ...
 
 
 class RunnerState(enum.Enum):

@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from engine.errors import CheckpointConflictError
-from engine.runners.base import DeadLetter
+from engine.stores.base import DeadLetter
 
 __all__ = ["MemoryDeadLetterStore", "MemoryTransaction", "MemoryTransactionalStore"]
 

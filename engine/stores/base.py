@@ -15,6 +15,8 @@ promises, in short:
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -26,6 +28,8 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_READ_LIMIT",
     "CheckpointStore",
+    "DeadLetter",
+    "DeadLetterStore",
     "EventStore",
     "Snapshot",
     "SnapshotStore",
@@ -143,4 +147,47 @@ class CheckpointStore(Protocol):
         Raises:
             CheckpointConflictError: Another writer saved since ``expected`` was read.
         """
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetter:
+    """An event a runner gave up on.
+
+    Attributes:
+        runner: The checkpoint name of the runner (``name@version`` for projections).
+        position: The event's global position (with ``runner``, the record's key).
+        event_id: The event's id.
+        stream_id: The event's stream.
+        version: The event's version in its stream.
+        type: The event's type name.
+        reason: ``ExceptionType: message`` of the last failure.
+        attempts: How many times the handler was tried.
+        parked_at: When it was parked (wall clock).
+    """
+
+    runner: str
+    position: int
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    type: str
+    reason: str
+    attempts: int
+    parked_at: dt.datetime
+
+
+class DeadLetterStore(Protocol):
+    """Where runners park the events they could not handle."""
+
+    async def park(self, letter: DeadLetter) -> None:
+        """Record ``letter``; parking the same ``(runner, position)`` again replaces it."""
+        ...
+
+    async def dead_letters(self, runner: str | None = None) -> list[DeadLetter]:
+        """The parked events (of ``runner``, or of all runners), by runner and position."""
+        ...
+
+    async def discard(self, runner: str, position: int) -> bool:
+        """Forget one parked event (after it was dealt with); ``False`` if unknown."""
         ...
