@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -33,6 +34,8 @@ __all__ = [
     "EventStore",
     "Snapshot",
     "SnapshotStore",
+    "SqlDatabase",
+    "SqlTransaction",
 ]
 
 E = TypeVar("E")
@@ -190,4 +193,61 @@ class DeadLetterStore(Protocol):
 
     async def discard(self, runner: str, position: int) -> bool:
         """Forget one parked event (after it was dealt with); ``False`` if unknown."""
+        ...
+
+
+class SqlTransaction(CheckpointStore, Protocol):
+    """One open transaction of a :class:`SqlDatabase`: a read model's statements and a
+    runner's checkpoint, committed together.
+
+    Statements use the database's own parameter style (:attr:`SqlDatabase.placeholder`).
+    How visible a transaction's own writes are differs by backend, so a read model that
+    runs on every backend does not read what its own batch wrote (an upsert such as
+    ``... ON CONFLICT (id) DO UPDATE SET n = n + excluded.n`` needs no read):
+
+    * PostgreSQL runs each statement at once: :meth:`fetch` sees the transaction's writes.
+    * SQLite collects the statements and runs them with the checkpoint in the single
+      writer, in one step, when the block ends: :meth:`fetch` sees committed data only,
+      and a statement's error is raised when the block ends.
+    """
+
+    async def execute(self, query: str, params: Sequence[Any] = ()) -> None:
+        """Run (or, on SQLite, queue) one statement."""
+        ...
+
+    async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run (or queue) one statement once per row of parameters."""
+        ...
+
+    async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query (see above for what it sees)."""
+        ...
+
+
+class SqlDatabase(Protocol):
+    """The SQL database of an event store, for read models committed with their runner's
+    checkpoint (a :class:`~engine.runners.base.TransactionalStore` of
+    :class:`SqlTransaction`).
+
+    Read-model tables live beside the events (PostgreSQL: in the store's schema, the
+    first on the transaction's ``search_path``); the store's own tables cannot be written.
+
+    Attributes:
+        dialect: ``"sqlite"`` or ``"postgresql"``.
+        placeholder: The parameter marker of the dialect (``"?"`` or ``"%s"``).
+    """
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def placeholder(self) -> str: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[SqlTransaction]:
+        """Open a transaction: leaving the block normally commits, an exception or a
+        cancellation rolls back (on SQLite: nothing queued is run)."""
+        ...
+
+    async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query over committed data (for a read model's queries)."""
         ...

@@ -22,7 +22,7 @@ statement still running then is cancelled on the server at once.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -83,13 +83,22 @@ _COMMIT = _End(commit=True)
 _ROLLBACK = _End(commit=False)
 
 
-def _serve(receive: trio.MemoryReceiveChannel[_Job | _End], conn: PgConnection) -> None:
+def _search_path(schema: str, conn: PgConnection) -> None:
+    """Put the store's schema first for this transaction only (``SET LOCAL``)."""
+    path = sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(conn)
+    conn.execute("SELECT set_config('search_path', %s, true)", [path])
+
+
+def _serve(
+    schema: str, receive: trio.MemoryReceiveChannel[_Job | _End], conn: PgConnection
+) -> None:
     """The transaction, in a worker thread: run jobs until told to commit or roll back.
 
     Any exception (a lost Trio run included) leaves ``conn.transaction()`` and so rolls
     back; ``psycopg.Rollback`` rolls back quietly.
     """
     with conn.transaction():
+        _search_path(schema, conn)
         while True:
             job = trio.from_thread.run(receive.receive)
             if isinstance(job, _End):
@@ -104,8 +113,21 @@ def _execute(query: Query, params: Params, conn: PgConnection) -> None:
     conn.execute(query, params)
 
 
+def _executemany(query: Query, rows: list[Any], conn: PgConnection) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(query, rows)
+
+
 def _fetch(query: Query, params: Params, conn: PgConnection) -> list[tuple[Any, ...]]:
     return conn.execute(query, params).fetchall()
+
+
+def _fetch_committed(
+    schema: str, query: Query, params: Params, conn: PgConnection
+) -> list[tuple[Any, ...]]:
+    with conn.transaction():
+        _search_path(schema, conn)
+        return conn.execute(query, params).fetchall()
 
 
 def _load_checkpoint(q: Queries, name: str, conn: PgConnection) -> int | None:
@@ -117,13 +139,18 @@ def _load_checkpoint(q: Queries, name: str, conn: PgConnection) -> int | None:
 class PostgresTransaction:
     """One open transaction: the read model's statements and the runner's checkpoint.
 
-    It is a :class:`~engine.stores.base.CheckpointStore` bound to the transaction. Use it
-    from one task at a time, and only inside its ``transaction()`` block.
+    A :class:`~engine.stores.base.SqlTransaction` (and so a
+    :class:`~engine.stores.base.CheckpointStore`) bound to the transaction, whose
+    ``search_path`` starts with the store's schema: unqualified table names are the
+    store's. Use it from one task at a time, and only inside its ``transaction()`` block.
     """
 
     _queries: Queries
     _send: trio.MemorySendChannel[_Job | _End]
     _serving: _Serving
+
+    dialect = "postgresql"
+    placeholder = "%s"
 
     async def run(self, fn: Callable[[PgConnection], T]) -> T:
         """Run ``fn(connection)`` in the transaction's worker thread (for bulk work,
@@ -154,8 +181,12 @@ class PostgresTransaction:
         """Run one statement (identifiers composed with :mod:`psycopg.sql`)."""
         await self.run(partial(_execute, query, params))
 
+    async def executemany(self, query: Query, rows: Iterable[Params]) -> None:
+        """Run one statement once per row of parameters (pipelined by psycopg)."""
+        await self.run(partial(_executemany, query, list(rows)))
+
     async def fetch(self, query: Query, params: Params = None) -> list[tuple[Any, ...]]:
-        """Run one query and return all its rows."""
+        """Run one query and return all its rows (this transaction's writes included)."""
         return await self.run(partial(_fetch, query, params))
 
     async def load_checkpoint(self, name: str) -> int | None:
@@ -208,10 +239,28 @@ class PostgresTransactionalStore:
     _queries: Queries
     cancel_grace: float = DEFAULT_CANCEL_GRACE
 
+    dialect = "postgresql"
+    placeholder = "%s"
+
     @property
     def schema(self) -> str:
         """The store's schema (its ``checkpoints`` table is here)."""
         return self._queries.schema
+
+    async def fetch(self, query: Query, params: Params = None) -> list[tuple[Any, ...]]:
+        """Rows of one query over committed data, with the store's schema first on the
+        ``search_path`` (for a read model's queries)."""
+        try:
+            return await self._pool.run(partial(_fetch_committed, self.schema, query, params))
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The committed position of ``name``."""
+        try:
+            return await self._pool.run(partial(_load_checkpoint, self._queries, name))
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -264,7 +313,7 @@ class PostgresTransactionalStore:
     ) -> None:
         try:
             with serving.scope:
-                await self._pool.run(partial(_serve, receive))
+                await self._pool.run(partial(_serve, self.schema, receive))
             serving.cancelled = serving.scope.cancelled_caught
         except Exception as exc:  # handed to the transaction's owner
             serving.error = exc

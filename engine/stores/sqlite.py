@@ -63,6 +63,7 @@ from engine.events import (
 )
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.sqlite_transactional import SqliteTransactionalStore
 
 __all__ = [
     "MIGRATIONS",
@@ -430,6 +431,11 @@ class SqliteStore(Generic[E]):
         transactions (a read model and its checkpoint committed together, a DCB store
         in the same file)."""
         return self._db
+
+    def transactional(self) -> SqliteTransactionalStore:
+        """The :class:`~engine.stores.base.SqlDatabase` of this file: read-model writes and
+        runner checkpoints commit together (see :mod:`engine.stores.sqlite_transactional`)."""
+        return SqliteTransactionalStore(self._db)
 
     def snapshots(self, state_type: type[S]) -> SqliteSnapshotStore[S]:
         """A :class:`~engine.stores.base.SnapshotStore` for states of ``state_type``,

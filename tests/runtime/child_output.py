@@ -6,7 +6,8 @@ import trio
 
 
 async def lines_until(process: trio.Process, last: set[str]) -> list[str]:
-    """Read the child's stdout until a line in ``last`` arrives; return every line read."""
+    """Read the child's stdout until a line in ``last`` arrives; return every line read
+    (the last one read may come after it)."""
     assert process.stdout is not None
     lines: list[str] = []
     buffer = b""
@@ -15,6 +16,7 @@ async def lines_until(process: trio.Process, last: set[str]) -> list[str]:
         assert chunk, f"the child exited early after {lines[-3:]}"
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
-        lines += [line.decode() for line in complete]
-        if lines and lines[-1] in last:
+        decoded = [line.decode() for line in complete]
+        lines += decoded
+        if any(line in last for line in decoded):
             return lines
