@@ -56,6 +56,7 @@ from engine.observability.instrumented import (
     InstrumentedLocks,
     InstrumentedStore,
 )
+from engine.observability.logging import redact_text
 from engine.observability.metrics import CONTENT_TYPE, EngineMetrics, MetricSources
 from engine.observability.profiler import Profiler
 from engine.observability.status import (
@@ -72,11 +73,12 @@ from engine.runners.base import ErrorPolicy, OnFailure, RunnerState, RunnerStati
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import RestartPolicy, run_supervised
-from engine.stores.base import CheckpointStore
+from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
 __all__ = [
     "BUS_BACKENDS",
+    "DEAD_LETTER_BACKENDS",
     "LOCK_BACKENDS",
     "STORE_BACKENDS",
     "Engine",
@@ -323,6 +325,48 @@ LOCK_BACKENDS: Mapping[
 }
 
 
+def _memory_dead_letters(
+    config: Config, store: Any, nats: NatsConnection | None
+) -> DeadLetterStore:
+    return MemoryDeadLetterStore()
+
+
+def _sqlite_dead_letters(
+    config: Config, store: Any, nats: NatsConnection | None
+) -> DeadLetterStore:
+    from engine.stores.sqlite_dead_letters import sqlite_dead_letters
+
+    return sqlite_dead_letters(store)
+
+
+def _postgres_dead_letters(
+    config: Config, store: Any, nats: NatsConnection | None
+) -> DeadLetterStore:
+    from engine.stores.postgres_dead_letters import postgres_dead_letters
+
+    return postgres_dead_letters(store)
+
+
+def _nats_dead_letters(config: Config, store: Any, nats: NatsConnection | None) -> DeadLetterStore:
+    from engine.stores.nats_dead_letters import nats_dead_letters
+
+    assert nats is not None  # the engine opens NATS whenever a backend is nats
+    return nats_dead_letters(nats, store.namespace)
+
+
+#: ``store.backend`` -> where runners park the events they give up on: beside the
+#: events (same file, schema or namespace), so dead letters survive a restart and every
+#: node of a cluster sees the same ones. Given the opened (raw) store.
+DEAD_LETTER_BACKENDS: Mapping[
+    str, Callable[[Config, Any, NatsConnection | None], DeadLetterStore]
+] = {
+    "memory": _memory_dead_letters,
+    "sqlite": _sqlite_dead_letters,
+    "postgres": _postgres_dead_letters,
+    "nats": _nats_dead_letters,
+}
+
+
 def _backend(table: Mapping[str, Any], section: str, name: str) -> Any:
     factory = table.get(name)
     if factory is None:
@@ -405,7 +449,9 @@ class Engine:
     locks: InstrumentedLocks = attrs.field(
         factory=lambda: InstrumentedLocks(MemoryLockRegistry()), kw_only=True
     )
-    dead_letters: MemoryDeadLetterStore = attrs.field(factory=MemoryDeadLetterStore, kw_only=True)
+    #: Where the runners park events (durable beside the events, see
+    #: :data:`DEAD_LETTER_BACKENDS`).
+    dead_letters: DeadLetterStore = attrs.field(factory=MemoryDeadLetterStore, kw_only=True)
     profiler: Profiler = attrs.field(factory=Profiler, kw_only=True)
     metrics: EngineMetrics = attrs.field(factory=EngineMetrics, kw_only=True)
     model: EventModel = attrs.field(factory=EventModel, kw_only=True)
@@ -557,6 +603,57 @@ class Engine:
         head = await self.store.head_position()
         return {"head": head, "events": [self.event_json(e) for e in events]}
 
+    # -- dead letters -----------------------------------------------------------------
+
+    async def list_dead_letters(self, runner: str | None = None) -> dict[str, Any]:
+        """The parked events, JSON-ready, with their count per runner (``GET /dead-letters``).
+
+        Args:
+            runner: Only this runner's: its checkpoint name as listed (``plugin.name@1``
+                for a projection), or the runner's name (``plugin.name``) for its current
+                version.
+        """
+        if runner is not None and runner in self.runners:
+            runner = self.runners[runner].checkpoint_name
+        try:
+            letters = await self.dead_letters.dead_letters(runner)
+        except ValueError as exc:
+            raise HttpError(400, "bad_parameter", str(exc)) from None
+        counts: dict[str, int] = {}
+        for letter in letters:
+            counts[letter.runner] = counts.get(letter.runner, 0) + 1
+        return {
+            "total": len(letters),
+            "runners": counts,
+            "dead_letters": [self.dead_letter_json(letter) for letter in letters],
+        }
+
+    async def discard_dead_letter(self, runner: str, position: int) -> bool:
+        """Forget one parked event once it was dealt with (``DELETE
+        /dead-letters/{runner}/{position}``); ``False`` if there is none at that key."""
+        try:
+            discarded = await self.dead_letters.discard(runner, position)
+        except ValueError as exc:
+            raise HttpError(400, "bad_parameter", str(exc)) from None
+        if discarded:
+            logger.info("dead letter of %r at position %d discarded", runner, position)
+        return discarded
+
+    @staticmethod
+    def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
+        """A dead letter as a JSON-ready dict (the reason redacted like the logs')."""
+        return {
+            "runner": letter.runner,
+            "position": letter.position,
+            "event_id": str(letter.event_id),
+            "stream_id": letter.stream_id,
+            "version": letter.version,
+            "type": letter.type,
+            "reason": redact_text(letter.reason),
+            "attempts": letter.attempts,
+            "parked_at": letter.parked_at.isoformat(),
+        }
+
     # -- status -----------------------------------------------------------------------
 
     def runners_status(self) -> dict[str, Any]:
@@ -694,7 +791,9 @@ async def open_engine(
                 _backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
             )
         )
-        dead_letters = MemoryDeadLetterStore()
+        dead_letters: DeadLetterStore = _backend(
+            DEAD_LETTER_BACKENDS, "store", config.store.backend
+        )(config, raw_store, nats)
         router = CommandRouter()
         engine = Engine(
             config,
