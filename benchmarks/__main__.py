@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks import backends
@@ -33,9 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eskit-bench-") as tmp:
         for name in chosen:
             print(f"== {name}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
             for result in backends.ALL[name](Path(tmp) / name, sizes):
+                # The wall time of the case with its floor and peer (keeps --quick quick).
+                took, started = time.perf_counter() - started, time.perf_counter()
                 print(
-                    f"   {result.name}: {result.value:,.0f} {result.unit}/s",
+                    f"   {result.name}: {result.value:,.0f} {result.unit}/s ({took:.1f} s)",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks import cases, floors, peer
+from benchmarks import cases, catchup, dcb_append, floors, peer
 from benchmarks.domain import codec
 from benchmarks.harness import Result, Stopwatch
 from engine import MemoryStore
+from engine.dcb.memory import MemoryDcbStore
 
 #: Concurrency levels of the command-throughput curve (benchmarks/README.md plots it).
 CONCURRENCY = (1, 4, 16, 64)
@@ -38,20 +39,51 @@ class Sizes:
     stream_events: int
     read_all_events: int
     curve_commands: int
+    catchup_events: int
+    #: The peer commits once per event, so it catches up fewer events.
+    catchup_peer_events: int
+    dcb_appends: int
+    dcb_per_client: int
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256)
+        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256, 10_000, 500, 300, 20)
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(3_000, 100, 64, 50, 100, 10_000, 100_000, 3_200)
+        return cls(3_000, 100, 64, 50, 100, 10_000, 100_000, 3_200, 100_000, 10_000, 3_000, 200)
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
 
 
 StoreOpener = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+@attrs.frozen(kw_only=True)
+class Catchup:
+    """How to run ``projection.catchup`` on one backend (see benchmarks/catchup.py).
+
+    ``run(store, events)`` fills the opened store and catches a runner up.
+    """
+
+    run: Callable[[Any, int], Awaitable[float]]
+    floor: Callable[[int], float] | None = None
+    peer: Callable[[int], float] | None = None
+    notes: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class DcbAppend:
+    """How to run ``dcb.append_conditional`` on one backend (see benchmarks/dcb_append.py).
+
+    ``peer(appends, clients, per_client)`` returns the single-client and concurrent rates.
+    """
+
+    open_store: StoreOpener
+    floor_single: Callable[[int], tuple[float, Stopwatch]] | None = None
+    floor_clients: Callable[[int, int], float] | None = None
+    peer: Callable[[int, int, int], tuple[float, float]] | None = None
 
 
 @attrs.frozen
@@ -70,6 +102,8 @@ class Backend:
     floor_load: Callable[[int], float] | None = None
     floor_scan: Callable[[int], float] | None = None
     peer_env: dict[str, str] | None = None
+    catchup: Catchup | None = None
+    dcb: DcbAppend | None = None
 
 
 def _trio(func: Callable[..., Any], *args: Any) -> Any:
@@ -170,6 +204,71 @@ def run_backend(backend: Backend, sizes: Sizes) -> Iterator[Result]:
         backend.floor_scan(sizes.read_all_events) if backend.floor_scan else None,
         notes=f"{sizes.read_all_events} events, pages of 1000, decoded",
     )
+    if backend.catchup is not None:
+        yield from _catchup(backend, backend.catchup, sizes)
+    if backend.dcb is not None:
+        yield from _dcb_append(backend.name, backend.dcb, sizes)
+
+
+def _catchup(backend: Backend, case: Catchup, sizes: Sizes) -> Iterator[Result]:
+    events = sizes.catchup_events
+
+    async def run() -> float:
+        async with backend.open_store() as store:
+            return await case.run(store, events)
+
+    peer_events = sizes.catchup_peer_events
+    yield Result(
+        "projection.catchup",
+        backend.name,
+        "events",
+        _trio(run),
+        case.floor(events) if case.floor else None,
+        case.peer(peer_events) if case.peer else None,
+        notes=(
+            f"{events} events, batches of {catchup.BATCH}, one upsert each, "
+            "committed with the checkpoint"
+            + (f"; peer: {peer_events} events, one transaction each" if case.peer else "")
+            + (f"; {case.notes}" if case.notes else "")
+        ),
+    )
+
+
+def _dcb_append(name: str, case: DcbAppend, sizes: Sizes) -> Iterator[Result]:
+    appends, clients, per_client = sizes.dcb_appends, dcb_append.CLIENTS, sizes.dcb_per_client
+
+    async def single() -> Stopwatch:
+        async with case.open_store() as store:
+            return await dcb_append.single(store, appends)
+
+    async def concurrent(clients: int, per_client: int) -> float:
+        async with case.open_store() as store:
+            return await dcb_append.concurrent(store, clients, per_client)
+
+    watch = _trio(single)
+    peer_single, peer_clients = (
+        case.peer(appends, clients, per_client) if case.peer else (None, None)
+    )
+    yield Result(
+        "dcb.append_conditional",
+        name,
+        "appends",
+        watch.rate(appends),
+        case.floor_single(appends)[0] if case.floor_single else None,
+        peer_single,
+        watch.percentile_ms(0.5),
+        watch.percentile_ms(0.99),
+        notes=f"{appends} single-event appends, condition on the event's own tag",
+    )
+    yield Result(
+        f"dcb.append_conditional.c{clients}",
+        name,
+        "appends",
+        _trio(concurrent, clients, per_client),
+        case.floor_clients(clients, per_client) if case.floor_clients else None,
+        peer_clients,
+        notes=f"{clients} clients x {per_client} appends, one tag each",
+    )
 
 
 # -- the backends ---------------------------------------------------------------------
@@ -183,6 +282,10 @@ def memory(folder: Path, sizes: Sizes) -> Iterator[Result]:
     async def open_store() -> AsyncIterator[Any]:
         yield MemoryStore(codec())
 
+    @contextlib.asynccontextmanager
+    async def open_dcb() -> AsyncIterator[Any]:
+        yield MemoryDcbStore(codec())
+
     yield from run_backend(
         Backend(
             "memory",
@@ -191,6 +294,12 @@ def memory(folder: Path, sizes: Sizes) -> Iterator[Result]:
                 "PERSISTENCE_MODULE": "eventsourcing.popo",
                 "AGGREGATE_CACHE_MAXSIZE": "1000",
             },
+            catchup=Catchup(
+                run=catchup.memory,
+                notes="no peer: eventsourcing's runner builds its own application, "
+                "and a POPO recorder's events live in the application object that wrote them",
+            ),
+            dcb=DcbAppend(open_store=open_dcb, peer=dcb_append.memory_peer),
         ),
         sizes,
     )
@@ -198,6 +307,7 @@ def memory(folder: Path, sizes: Sizes) -> Iterator[Result]:
 
 def sqlite(folder: Path, sizes: Sizes) -> Iterator[Result]:
     """SQLite at its default durability (WAL, synchronous=FULL) on both sides."""
+    from engine.dcb.sqlite import open_sqlite_dcb_store
     from engine.stores.sqlite import open_sqlite_store
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,6 +332,11 @@ def sqlite(folder: Path, sizes: Sizes) -> Iterator[Result]:
             floors.sqlite_fill(path, f"s-{i}", min(1000, count - i))
         return floors.sqlite_scan(path)
 
+    @contextlib.asynccontextmanager
+    async def open_dcb() -> AsyncIterator[Any]:
+        async with open_sqlite_dcb_store(fresh("eskit-dcb"), codec()) as store:
+            yield store
+
     peer_db = folder / "peer.db"
     yield from run_backend(
         Backend(
@@ -240,6 +355,17 @@ def sqlite(folder: Path, sizes: Sizes) -> Iterator[Result]:
                 "SQLITE_DBNAME": str(peer_db),
                 "AGGREGATE_CACHE_MAXSIZE": "1000",
             },
+            catchup=Catchup(
+                run=catchup.sql_database,
+                floor=lambda n: catchup.sqlite_floor(fresh("floor-catchup"), n),
+                notes="no peer: eventsourcing's SQLite application recorder has no "
+                "subscriptions, which its projection runner needs",
+            ),
+            dcb=DcbAppend(
+                open_store=open_dcb,
+                floor_single=lambda n: dcb_append.sqlite_single(fresh("floor-dcb"), n),
+                floor_clients=lambda c, p: dcb_append.sqlite_clients(fresh("floor-dcb"), c, p),
+            ),
         ),
         sizes,
     )
@@ -249,6 +375,7 @@ def postgres(folder: Path, sizes: Sizes) -> Iterator[Result]:
     """PostgreSQL with its default durability (fsync on, synchronous commit) on all sides."""
     import psycopg
 
+    from engine.dcb.postgres import open_postgres_dcb_store
     from engine.stores.postgres import open_postgres_store
     from tests.servers import run_postgres
 
@@ -289,9 +416,39 @@ def postgres(folder: Path, sizes: Sizes) -> Iterator[Result]:
             floors.pg_setup(dsn)
             return floors.pg_batch(dsn, batches, size)
 
-        peer_schema = f"peer_{secrets.token_hex(4)}"
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {peer_schema}")
+        def fresh_schema(prefix: str) -> str:
+            name = f"{prefix}_{secrets.token_hex(4)}"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"CREATE SCHEMA {name}")
+            return name
+
+        @contextlib.asynccontextmanager
+        async def open_dcb() -> AsyncIterator[Any]:
+            async with open_postgres_dcb_store(
+                dsn, codec(), schema=f"d_{secrets.token_hex(4)}"
+            ) as store:
+                yield store
+
+        peer_schema = fresh_schema("peer")
+        peer_env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": "postgres",
+            "POSTGRES_HOST": server.host,
+            "POSTGRES_PORT": str(server.port),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": "",
+            "POSTGRES_SCHEMA": peer_schema,
+            "POSTGRES_POOL_SIZE": "10",
+            "AGGREGATE_CACHE_MAXSIZE": "1000",
+        }
+
+        def peer_catchup(events: int) -> float:
+            env = {**peer_env, "POSTGRES_SCHEMA": fresh_schema("peer_catchup")}
+            return float(peer.in_env(env, catchup.peer, events))
+
+        def peer_dcb(appends: int, clients: int, per_client: int) -> tuple[float, float]:
+            return dcb_append.postgres_peer(peer_env, appends, clients, per_client)
+
         yield from run_backend(
             Backend(
                 "postgres",
@@ -301,17 +458,18 @@ def postgres(folder: Path, sizes: Sizes) -> Iterator[Result]:
                 floor_batch=floor_batch,
                 floor_load=floor_load,
                 floor_scan=floor_scan,
-                peer_env={
-                    "PERSISTENCE_MODULE": "eventsourcing.postgres",
-                    "POSTGRES_DBNAME": "postgres",
-                    "POSTGRES_HOST": server.host,
-                    "POSTGRES_PORT": str(server.port),
-                    "POSTGRES_USER": "postgres",
-                    "POSTGRES_PASSWORD": "",
-                    "POSTGRES_SCHEMA": peer_schema,
-                    "POSTGRES_POOL_SIZE": "10",
-                    "AGGREGATE_CACHE_MAXSIZE": "1000",
-                },
+                peer_env=peer_env,
+                catchup=Catchup(
+                    run=catchup.sql_database,
+                    floor=lambda n: catchup.pg_floor(dsn, n),
+                    peer=peer_catchup,
+                ),
+                dcb=DcbAppend(
+                    open_store=open_dcb,
+                    floor_single=lambda n: dcb_append.pg_single(dsn, n),
+                    floor_clients=lambda c, p: dcb_append.pg_clients(dsn, c, p),
+                    peer=peer_dcb,
+                ),
             ),
             sizes,
         )

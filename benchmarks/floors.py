@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS floor_events (
 """
 
 
-def _sqlite(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+def sqlite_connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -39,7 +39,7 @@ def _sqlite(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     return conn
 
 
-def _row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, str, str]:
+def sqlite_row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, str, str]:
     return (
         stream_id,
         version,
@@ -59,7 +59,7 @@ INSERT_SQLITE = (
 
 def sqlite_single_inserts(path: Path, count: int, streams: int) -> tuple[float, Stopwatch]:
     """One single-row transaction per event, round-robin over ``streams``."""
-    conn = _sqlite(path)
+    conn = sqlite_connect(path)
     versions = [0] * streams
     watch = Stopwatch()
     with watch:
@@ -68,7 +68,7 @@ def sqlite_single_inserts(path: Path, count: int, streams: int) -> tuple[float, 
             s = i % streams
             versions[s] += 1
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(INSERT_SQLITE, _row(f"floor-{s}", versions[s]))
+            conn.execute(INSERT_SQLITE, sqlite_row(f"floor-{s}", versions[s]))
             conn.execute("COMMIT")
             watch.latencies.append(time.perf_counter() - started)
     conn.close()
@@ -77,11 +77,11 @@ def sqlite_single_inserts(path: Path, count: int, streams: int) -> tuple[float, 
 
 def sqlite_batch(path: Path, batches: int, size: int) -> float:
     """``batches`` transactions of ``size`` rows each, events per second."""
-    conn = _sqlite(path)
+    conn = sqlite_connect(path)
     watch = Stopwatch()
     with watch:
         for b in range(batches):
-            rows = [_row(f"batch-{b}", v) for v in range(1, size + 1)]
+            rows = [sqlite_row(f"batch-{b}", v) for v in range(1, size + 1)]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(INSERT_SQLITE, rows)
             conn.execute("COMMIT")
@@ -90,16 +90,16 @@ def sqlite_batch(path: Path, batches: int, size: int) -> float:
 
 
 def sqlite_fill(path: Path, stream_id: str, count: int) -> None:
-    conn = _sqlite(path)
+    conn = sqlite_connect(path)
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(INSERT_SQLITE, (_row(stream_id, v) for v in range(1, count + 1)))
+    conn.executemany(INSERT_SQLITE, (sqlite_row(stream_id, v) for v in range(1, count + 1)))
     conn.execute("COMMIT")
     conn.close()
 
 
 def sqlite_load_stream(path: Path, stream_id: str) -> float:
     """Fetch one stream's rows in version order (undecoded), rows per second."""
-    conn = _sqlite(path)
+    conn = sqlite_connect(path)
     watch = Stopwatch()
     with watch:
         rows = conn.execute(
@@ -111,7 +111,7 @@ def sqlite_load_stream(path: Path, stream_id: str) -> float:
 
 def sqlite_scan(path: Path, page: int = 1000) -> float:
     """Read every row in position order, page by page (undecoded), rows per second."""
-    conn = _sqlite(path)
+    conn = sqlite_connect(path)
     count = 0
     position = 0
     watch = Stopwatch()
@@ -148,7 +148,7 @@ INSERT_PG = (
 )
 
 
-def _pg_row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, uuid.UUID]:
+def pg_row(stream_id: str, version: int) -> tuple[str, int, str, bytes, bytes, uuid.UUID]:
     return (stream_id, version, "bench.Deposited", payload_bytes(), b"{}", uuid.uuid4())
 
 
@@ -172,7 +172,7 @@ def pg_single_inserts(dsn: str, count: int, streams: int) -> tuple[float, Stopwa
             s = i % streams
             versions[s] += 1
             with conn.transaction():
-                conn.execute(INSERT_PG, _pg_row(f"floor-seq-{s}", versions[s]))
+                conn.execute(INSERT_PG, pg_row(f"floor-seq-{s}", versions[s]))
             watch.latencies.append(time.perf_counter() - started)
     return watch.rate(count), watch
 
@@ -185,7 +185,7 @@ def pg_concurrent_inserts(dsn: str, connections: int, per_connection: int) -> fl
         with psycopg.connect(dsn) as conn:
             for v in range(1, per_connection + 1):
                 with conn.transaction():
-                    conn.execute(INSERT_PG, _pg_row(f"floor-c{connections}-{index}", v))
+                    conn.execute(INSERT_PG, pg_row(f"floor-c{connections}-{index}", v))
 
     watch = Stopwatch()
     with watch, concurrent.futures.ThreadPoolExecutor(connections) as pool:
@@ -199,7 +199,7 @@ def pg_batch(dsn: str, batches: int, size: int) -> float:
 
     with psycopg.connect(dsn) as conn, Stopwatch() as watch:
         for b in range(batches):
-            rows = [_pg_row(f"floor-batch-{b}", v) for v in range(1, size + 1)]
+            rows = [pg_row(f"floor-batch-{b}", v) for v in range(1, size + 1)]
             columns = list(zip(*rows, strict=True))
             with conn.transaction():
                 conn.execute(
@@ -220,7 +220,7 @@ def pg_fill(dsn: str, stream_id: str, count: int) -> None:
             "COPY floor_events (stream_id, version, type, data, metadata, event_id) FROM STDIN"
         ) as copy:
             for v in range(1, count + 1):
-                copy.write_row(_pg_row(stream_id, v))
+                copy.write_row(pg_row(stream_id, v))
         conn.commit()
 
 
