@@ -51,7 +51,7 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(3_000, 100, 64, 50, 100, 10_000, 100_000, 3_200, 100_000, 10_000, 3_000, 200)
+        return cls(3_000, 100, 64, 50, 100, 10_000, 100_000, 3_200, 100_000, 5_000, 3_000, 200)
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
