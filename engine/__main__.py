@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("projections", help="runner status of a running engine")
     status.add_argument("--url", default=os.environ.get("ESKIT_URL", DEFAULT_URL))
     status.add_argument("--token", default=os.environ.get("ESKIT_TOKEN", ""))
+
+    dead = commands.add_parser(
+        "dead-letters", help="list (or discard) the events runners parked, on a running engine"
+    )
+    dead.add_argument("--runner", help="only this runner's (plugin.name@1, or plugin.name)")
+    dead.add_argument(
+        "--discard",
+        nargs=2,
+        metavar=("RUNNER", "POSITION"),
+        help="forget one parked event once it was dealt with",
+    )
+    dead.add_argument("--url", default=os.environ.get("ESKIT_URL", DEFAULT_URL))
+    dead.add_argument("--token", default=os.environ.get("ESKIT_TOKEN", ""))
     return parser
 
 
@@ -189,6 +203,18 @@ def _events(
     return 0
 
 
+def _dead_letters(url: str, token: str, runner: str | None, discard: list[str] | None) -> int:
+    if discard is not None:
+        name, position = discard
+        path = "/".join(urllib.parse.quote(part, safe="") for part in (name, position))
+        _http(f"{url}/dead-letters/{path}", token, "DELETE")
+        print(f"discarded the dead letter of {name!r} at position {position}")
+        return 0
+    query = "" if runner is None else "?" + urllib.parse.urlencode({"runner": runner})
+    print(json.dumps(_http(f"{url}/dead-letters{query}", token), indent=2, ensure_ascii=False))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
@@ -267,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "projections":
                 print(json.dumps(_http(f"{args.url}/runners", args.token), indent=2))
                 return 0
+            case "dead-letters":
+                return _dead_letters(args.url, args.token, args.runner, args.discard)
     except EskitError as error:
         print(f"eskit: {error}", file=sys.stderr)
         return 2

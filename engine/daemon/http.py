@@ -13,6 +13,10 @@ Routes:
   per operation and degradations, JSON).
 * ``GET /cluster``: command routing on this node (streams owned, commands forwarded
   and served).
+* ``GET /dead-letters?runner=R`` lists the events runners parked (all runners, or one:
+  its checkpoint name ``plugin.name@1`` or its name), with a count per runner;
+  ``DELETE /dead-letters/{runner}/{position}`` discards one once dealt with (204, or 404
+  ``unknown_dead_letter``). A runner name with ``/`` is sent as ``%2F``.
 * ``GET /status``: the status page (HTML; it holds no data and needs no token), which
   polls ``GET /status.json`` (the data, token required like every other route).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
@@ -95,6 +100,10 @@ class EngineApi(Protocol):
 
     def cluster_status(self) -> Any: ...
 
+    async def list_dead_letters(self, runner: str | None = None) -> Any: ...
+
+    async def discard_dead_letter(self, runner: str, position: int) -> bool: ...
+
 
 class HttpError(EskitError):
     """An error with an HTTP status, raised by the ingress or by a plugin query."""
@@ -130,6 +139,7 @@ def status_for(error: BaseException) -> tuple[int, str]:
 
 
 _MAX_LIMIT = 1000
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 _HTML = b"text/html; charset=utf-8"
 
 
@@ -181,11 +191,14 @@ class HttpIngress:
             body = _json({"error": described})
             content_type = b"application/json"
         headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
             (b"x-content-type-options", b"nosniff"),
         ]
+        if status != 204:  # "No Content" has neither a body nor its headers
+            headers += [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ]
         if content_type == _HTML:
             headers += [
                 (b"content-security-policy", CONTENT_SECURITY_POLICY),
@@ -289,6 +302,21 @@ class HttpIngress:
             case ["profiler"]:
                 _require(method, "GET")
                 return 200, _json(engine.profiler_json()), b"application/json"
+            case ["dead-letters"]:
+                _require(method, "GET")
+                letters = await engine.list_dead_letters(params.get("runner"))
+                return 200, _json(letters), b"application/json"
+            case ["dead-letters", runner, position]:
+                _require(method, "DELETE")
+                if not _INTEGER.fullmatch(position):
+                    raise HttpError(400, "bad_parameter", "position must be an integer")
+                if not await engine.discard_dead_letter(runner, int(position)):
+                    raise HttpError(
+                        404,
+                        "unknown_dead_letter",
+                        f"no dead letter of runner {runner!r} at position {position}",
+                    )
+                return 204, b"", b""
         raise HttpError(404, "not_found", f"no route for {method} {scope['path']}")
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
