@@ -300,13 +300,18 @@ def peer(env: dict[str, str], events: int) -> float:
     app.close()
     view_class.target = head
     started = time.perf_counter()
-    with PeerRunner(
+    runner = PeerRunner(
         application_class=PeerBank,
         projection_class=projection_class,
         view_class=view_class,
         env=env,
-    ) as runner:
-        if not runner.view.finished.wait(TIMEOUT):
-            raise TimeoutError(f"the peer did not catch up with {head} in {TIMEOUT} s")
-        elapsed = runner.view.finished_at - started
+    )
+    try:
+        with runner:
+            if not runner.view.finished.wait(TIMEOUT):
+                raise TimeoutError(f"the peer did not catch up with {head} in {TIMEOUT} s")
+            elapsed = runner.view.finished_at - started
+    finally:
+        # The runner closes its application, not its view's connection pool.
+        runner.view.datastore.close()
     return events / elapsed
