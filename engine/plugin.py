@@ -21,7 +21,7 @@ import attrs
 from engine.codec import EventRegistry
 from engine.decider import Decider
 from engine.reactor import Reactor
-from engine.stores.base import EventStore
+from engine.stores.base import EventStore, SqlDatabase
 
 __all__ = [
     "CommandBinding",
@@ -80,14 +80,22 @@ class ProjectionContext:
         store: The engine's event store (read-only use: the runner feeds the events).
         data_dir: The engine's data folder, for read models kept in files.
         node_id: This node's id.
-        transactional: The engine's store as a transactional store when its backend can
-            commit a read model with the checkpoint (SQL backends), else ``None``.
+        sql: The SQL database of the engine's event store (SQLite or PostgreSQL), for a
+            durable read model whose writes commit with its runner's checkpoint (hand
+            a :class:`~engine.runners.base.TransactionalProjection` over it to the
+            runner); ``None`` on stores without SQL (memory, NATS).
+        name: The projection's name (``plugin.projection``).
+        version: The projection's version: name a durable read model's tables after it
+            (``balances_v2``), so a new version is built from the start of the log in
+            tables of its own while the old ones stay as they were.
     """
 
     store: EventStore[Any]
     data_dir: Path
     node_id: str
-    transactional: Any = None
+    sql: SqlDatabase | None = None
+    name: str = ""
+    version: int = 1
 
 
 @attrs.frozen(kw_only=True)

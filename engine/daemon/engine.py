@@ -69,7 +69,13 @@ from engine.observability.status import (
 from engine.plugin import CommandBinding, Plugin, ProjectionContext, ProjectionSetup, Query
 from engine.reactor import ReactorRegistry
 from engine.router import CommandRouter
-from engine.runners.base import ErrorPolicy, OnFailure, RunnerState, RunnerStatistics
+from engine.runners.base import (
+    ErrorPolicy,
+    OnFailure,
+    RunnerState,
+    RunnerStatistics,
+    TransactionalProjection,
+)
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import RestartPolicy, run_supervised
@@ -842,11 +848,9 @@ async def open_engine(
                     loaded.commands[name] = _Command(cls, binding, handler)
             engine.plugins[plugin.name] = loaded
 
+        sql_database = raw_store.transactional() if hasattr(raw_store, "transactional") else None
         context = ProjectionContext(
-            store=store,
-            data_dir=data_dir,
-            node_id=config.engine.node_id,
-            transactional=getattr(store, "transactional", None),
+            store=store, data_dir=data_dir, node_id=config.engine.node_id, sql=sql_database
         )
         common: dict[str, Any] = {
             "store": store,
@@ -859,16 +863,21 @@ async def open_engine(
         for plugin in plugins:
             loaded = engine.plugins[plugin.name]
             for definition in plugin.projections:
-                setup = await _setup(definition.setup, context)
+                name = f"{plugin.name}.{definition.name}"
+                setup = await _setup(
+                    definition.setup,
+                    attrs.evolve(context, name=name, version=definition.version),
+                )
                 for query_name, query in setup.queries.items():
                     if query_name in loaded.queries:
                         raise PluginError(
                             f"plugin {plugin.name!r}: two queries named {query_name!r}"
                         )
                     loaded.queries[query_name] = query
-                    loaded.query_runners[query_name] = f"{plugin.name}.{definition.name}"
-                name = f"{plugin.name}.{definition.name}"
+                    loaded.query_runners[query_name] = name
                 engine.runner_kinds[name] = "projection"
+                # A transactional read model keeps its checkpoint with its rows: durable.
+                durable = setup.durable or isinstance(setup.handler, TransactionalProjection)
                 engine.runners[name] = ProjectionRunner(
                     name=name,
                     handler=setup.handler,
@@ -876,8 +885,8 @@ async def open_engine(
                     # An in-memory read model starts empty, so it must start from the
                     # beginning: its checkpoint lives in memory too. Only a durable read
                     # model may resume from a stored checkpoint (under a lease).
-                    checkpoints=checkpoints if setup.durable else MemoryCheckpointStore(),
-                    locks=locks if setup.durable else None,
+                    checkpoints=checkpoints if durable else MemoryCheckpointStore(),
+                    locks=locks if durable else None,
                     **common,
                 )
             for reactor_name, reactor in plugin.reactors.items():

@@ -230,7 +230,9 @@ class SqlDatabase(Protocol):
     :class:`SqlTransaction`).
 
     Read-model tables live beside the events (PostgreSQL: in the store's schema, the
-    first on the transaction's ``search_path``); the store's own tables cannot be written.
+    first on the transaction's ``search_path``). On SQLite an authorizer refuses a read
+    model's writes to the store's own tables and any transaction control; on PostgreSQL a
+    read model runs with the engine's database role, so keep to your own tables.
 
     Attributes:
         dialect: ``"sqlite"`` or ``"postgresql"``.
@@ -250,4 +252,10 @@ class SqlDatabase(Protocol):
 
     async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query over committed data (for a read model's queries)."""
+        ...
+
+    async def ensure_schema(self, *statements: str) -> None:
+        """Run a read model's DDL (``CREATE TABLE IF NOT EXISTS ...``) in one transaction,
+        serialized with every other process doing the same on this database (so engines
+        starting together do not race on the catalog)."""
         ...

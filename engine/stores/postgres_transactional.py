@@ -122,6 +122,17 @@ def _fetch(query: Query, params: Params, conn: PgConnection) -> list[tuple[Any, 
     return conn.execute(query, params).fetchall()
 
 
+def _ensure_schema(schema: str, statements: Sequence[str], conn: PgConnection) -> None:
+    with conn.transaction():
+        # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"eskit.ddl:{schema}"]
+        )
+        _search_path(schema, conn)
+        for statement in statements:
+            conn.execute(statement)
+
+
 def _fetch_committed(
     schema: str, query: Query, params: Params, conn: PgConnection
 ) -> list[tuple[Any, ...]]:
@@ -252,6 +263,14 @@ class PostgresTransactionalStore:
         ``search_path`` (for a read model's queries)."""
         try:
             return await self._pool.run(partial(_fetch_committed, self.schema, query, params))
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def ensure_schema(self, *statements: str) -> None:
+        """Run DDL statements in one transaction, in the store's schema, under an advisory
+        lock so that engines starting together do not race on the catalog."""
+        try:
+            await self._pool.run(partial(_ensure_schema, self.schema, statements))
         except psycopg.Error as exc:
             raise _translate(exc) from exc
 

@@ -296,3 +296,12 @@ class SqliteTransactionalStore:
     async def load_checkpoint(self, name: str) -> int | None:
         """The committed position of ``name``."""
         return await self._db.read(partial(_load_checkpoint, name))
+
+    async def ensure_schema(self, *statements: str) -> None:
+        """Run DDL statements in one writer job (the single writer serializes them with
+        every other process's), under the same guard as a read model's statements.
+
+        Raises:
+            ReadModelStatementError: A statement failed or was refused (none applied).
+        """
+        await self._db.write(partial(_apply, [(s, (), False) for s in statements], None))

@@ -136,7 +136,9 @@ async def test_the_status_page_shows_the_engine_live(
     leases = await page.evaluate(
         "[...document.querySelectorAll('tr[data-lock]')].map(r => r.dataset.lock)"
     )
+    # The bank's balances live in the SQLite file (durable): their runner holds a lease.
     assert leases == [
+        "runner/bank.balances",
         "runner/bank.welcome-bonus",
         "runner/orders.reserve-inventory",
         "runner/orders.ship-digital",
