@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,7 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--url", default=os.environ.get("ESKIT_URL", DEFAULT_URL))
     query.add_argument("--token", default=os.environ.get("ESKIT_TOKEN", ""))
 
-    status = commands.add_parser("projections", help="runner status of a running engine")
+    status = commands.add_parser(
+        "projections",
+        help="runner status of a running engine, or rebuild a projection (with progress)",
+    )
+    status.add_argument("action", nargs="?", choices=["status", "rebuild"], default="status")
+    status.add_argument("name", nargs="?", help="the projection to rebuild (plugin.name)")
+    status.add_argument(
+        "--no-wait", action="store_true", help="start the rebuild and return at once"
+    )
     status.add_argument("--url", default=os.environ.get("ESKIT_URL", DEFAULT_URL))
     status.add_argument("--token", default=os.environ.get("ESKIT_TOKEN", ""))
 
@@ -203,6 +212,47 @@ def _events(
     return 0
 
 
+def _bar(done: int, head: int, width: int = 30) -> str:
+    fraction = 1.0 if head <= 0 else min(1.0, done / head)
+    filled = round(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{head:,} events ({fraction:.0%})"
+
+
+def _rebuild(url: str, token: str, name: str | None, wait: bool) -> int:
+    """Start a rebuild over HTTP, then follow it with a progress bar until it switches."""
+    if not name:
+        raise SystemExit("eskit: projections rebuild needs the projection's name (plugin.name)")
+    quoted = urllib.parse.quote(name, safe="")
+    started = _http(f"{url}/projections/{quoted}/rebuild", token, "POST", {})
+    print(
+        f"rebuilding {name!r}: version {started['from_version']} -> {started['version']}",
+        file=sys.stderr,
+    )
+    if not wait:
+        return 0
+    interactive = sys.stderr.isatty()
+    last_line = 0.0
+    while True:
+        rebuild = _http(f"{url}/runners", token).get(name, {}).get("rebuild") or {}
+        state = rebuild.get("state")
+        line = _bar(int(rebuild.get("done", 0)), int(rebuild.get("head", 0)))
+        if interactive:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - last_line >= 5 or state != "running":
+            print(line, file=sys.stderr, flush=True)
+            last_line = time.monotonic()
+        if state != "running":
+            if interactive:
+                print(file=sys.stderr)
+            break
+        time.sleep(0.5)
+    if state == "done":
+        print(f"{name!r} switched to version {rebuild['version']} at position {rebuild['done']}")
+        return 0
+    print(f"eskit: rebuilding {name!r} failed: {rebuild.get('error')}", file=sys.stderr)
+    return 1
+
+
 def _dead_letters(url: str, token: str, runner: str | None, discard: list[str] | None) -> int:
     if discard is not None:
         name, position = discard
@@ -291,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(_http(url, args.token), indent=2, ensure_ascii=False))
                 return 0
             case "projections":
+                if args.action == "rebuild":
+                    return _rebuild(args.url, args.token, args.name, not args.no_wait)
                 print(json.dumps(_http(f"{args.url}/runners", args.token), indent=2))
                 return 0
             case "dead-letters":

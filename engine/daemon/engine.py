@@ -66,7 +66,14 @@ from engine.observability.status import (
     observe_reactor,
     status_document,
 )
-from engine.plugin import CommandBinding, Plugin, ProjectionContext, ProjectionSetup, Query
+from engine.plugin import (
+    CommandBinding,
+    Plugin,
+    ProjectionContext,
+    ProjectionDefinition,
+    ProjectionSetup,
+    Query,
+)
 from engine.reactor import ReactorRegistry
 from engine.router import CommandRouter
 from engine.runners.base import (
@@ -439,6 +446,15 @@ class _LoadedPlugin:
 
 
 @attrs.define(eq=False)
+class _ProjectionEntry:
+    """What the engine needs to build a projection again (for a rebuild)."""
+
+    plugin: str
+    definition: ProjectionDefinition
+    context: ProjectionContext
+
+
+@attrs.define(eq=False)
 class Engine:
     """A running engine (what :func:`open_engine` yields). Implements the HTTP ingress's
     :class:`~engine.daemon.http.EngineApi`."""
@@ -469,6 +485,11 @@ class Engine:
     started_at: float = attrs.field(default=0.0, kw_only=True)
     #: Routes commands to their stream's owner (``None`` on a single node).
     cluster: ClusterRouter | None = attrs.field(default=None, kw_only=True)
+    #: Projection name -> how it was set up.
+    projections: dict[str, _ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
+    #: Projection name -> its last rebuild on this node (state, versions, progress).
+    rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
+    _background: trio.Nursery | None = attrs.field(default=None, kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
     )
@@ -663,8 +684,96 @@ class Engine:
     # -- status -----------------------------------------------------------------------
 
     def runners_status(self) -> dict[str, Any]:
-        """Every runner's statistics, JSON-ready."""
-        return {name: self._plain(runner.statistics()) for name, runner in self.runners.items()}
+        """Every runner's statistics, JSON-ready (projections with their live version
+        and their last rebuild on this node)."""
+        status = {}
+        for name, runner in self.runners.items():
+            entry = self._plain(runner.statistics())
+            if isinstance(runner, ProjectionRunner):
+                entry["version"] = runner.version
+                entry["rebuild"] = self.rebuilds.get(name)
+            status[name] = entry
+        return status
+
+    # -- rebuilding ---------------------------------------------------------------------
+
+    async def rebuild_projection(self, name: str) -> dict[str, Any]:
+        """Start building projection ``name`` again from position 0, beside the live one.
+
+        The new version (the live one + 1) is set up afresh by its plugin (for a SQL read
+        model, in tables of that version) and fed from the start of the log while the
+        live version keeps answering. Once it has caught up the runner switches to it,
+        and the projection's queries with it, between two batches. Progress is in
+        :meth:`runners_status` (``rebuild``). The switch lasts until the engine stops:
+        set the definition's ``version`` in the plugin to keep it across restarts.
+
+        Raises:
+            HttpError: 404 for an unknown projection, 409 when a rebuild of it runs
+                already or this node is not its active runner (another node holds its
+                lease).
+        """
+        entry = self.projections.get(name)
+        runner = self.runners.get(name)
+        if entry is None or not isinstance(runner, ProjectionRunner):
+            raise HttpError(404, "not_found", f"no projection {name!r}")
+        current = self.rebuilds.get(name)
+        if current is not None and current["state"] == "running":
+            raise HttpError(409, "rebuild_in_progress", f"{name!r} is being rebuilt already")
+        if runner.locks is not None and runner.statistics().state is RunnerState.STANDBY:
+            raise HttpError(
+                409, "not_active", f"{name!r} is active on another node: rebuild it there"
+            )
+        if self._background is None:
+            raise HttpError(503, "not_running", "the engine is not running its runners")
+        version = runner.version + 1
+        status: dict[str, Any] = {
+            "state": "running",
+            "from_version": runner.version,
+            "version": version,
+            "done": 0,
+            "head": await self.store.head_position(),
+            "error": None,
+        }
+        self.rebuilds[name] = status
+        self._background.start_soon(self._rebuild, name, entry, runner, status)
+        await trio.lowlevel.checkpoint()
+        return {"projection": name, **status}
+
+    async def _rebuild(
+        self,
+        name: str,
+        entry: _ProjectionEntry,
+        runner: ProjectionRunner[Any],
+        status: dict[str, Any],
+    ) -> None:
+        loaded = self.plugins[entry.plugin]
+        version = status["version"]
+
+        def progress(done: int, head: int) -> None:
+            status["done"], status["head"] = done, head
+
+        try:
+            setup = await _setup(
+                entry.definition.setup, attrs.evolve(entry.context, version=version)
+            )
+
+            def switch() -> None:
+                # Under the runner's batch lock: no reader sees the new checkpoint with
+                # the old read model's queries.
+                for query_name, query in setup.queries.items():
+                    if loaded.query_runners.get(query_name) == name:
+                        loaded.queries[query_name] = query
+
+            logger.info("rebuilding projection %r as version %d", name, version)
+            position = await runner.rebuild(
+                setup.handler, version=version, progress=progress, on_switch=switch
+            )
+        except Exception as exc:
+            logger.exception("rebuilding projection %r failed", name)
+            status["state"], status["error"] = "failed", redact_text(f"{type(exc).__name__}: {exc}")
+        else:
+            status["state"], status["done"] = "done", position
+            logger.info("projection %r switched to version %d at %d", name, version, position)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every runner runs (or stands by) and lags at most ``runners.ready_lag``."""
@@ -864,10 +973,9 @@ async def open_engine(
             loaded = engine.plugins[plugin.name]
             for definition in plugin.projections:
                 name = f"{plugin.name}.{definition.name}"
-                setup = await _setup(
-                    definition.setup,
-                    attrs.evolve(context, name=name, version=definition.version),
-                )
+                own_context = attrs.evolve(context, name=name, version=definition.version)
+                engine.projections[name] = _ProjectionEntry(plugin.name, definition, own_context)
+                setup = await _setup(definition.setup, own_context)
                 for query_name, query in setup.queries.items():
                     if query_name in loaded.queries:
                         raise PluginError(
@@ -931,6 +1039,7 @@ async def open_engine(
             for name, runner in engine.runners.items():
                 await runners.start(functools.partial(run_supervised, name=name), runner.run)
             await runners.start(engine.history.run, engine.runner_statistics, errors)
+            engine._background = runners
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
                     app = HttpIngress(

@@ -11,6 +11,9 @@ Routes:
 * ``GET /health/live``, ``GET /health/ready`` (ready = runners within their lag bound),
   ``GET /runners``, ``GET /metrics`` (Prometheus text), ``GET /profiler`` (percentiles
   per operation and degradations, JSON).
+* ``POST /projections/{name}/rebuild`` (202) builds the projection's next version beside
+  the live one and switches to it once caught up; progress under ``rebuild`` in
+  ``GET /runners``.
 * ``GET /cluster``: command routing on this node (streams owned, commands forwarded
   and served).
 * ``GET /dead-letters?runner=R`` lists the events runners parked (all runners, or one:
@@ -103,6 +106,8 @@ class EngineApi(Protocol):
     async def list_dead_letters(self, runner: str | None = None) -> Any: ...
 
     async def discard_dead_letter(self, runner: str, position: int) -> bool: ...
+
+    async def rebuild_projection(self, name: str) -> Any: ...
 
 
 class HttpError(EskitError):
@@ -283,6 +288,9 @@ class HttpIngress:
                 ready, details = engine.ready()
                 payload = {"status": "ready" if ready else "not ready", "runners": details}
                 return (200 if ready else 503), _json(payload), b"application/json"
+            case ["projections", name, "rebuild"]:
+                _require(method, "POST")
+                return 202, _json(await engine.rebuild_projection(name)), b"application/json"
             case ["runners"]:
                 _require(method, "GET")
                 return 200, _json(engine.runners_status()), b"application/json"

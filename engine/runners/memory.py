@@ -12,6 +12,7 @@ import trio
 
 from engine.errors import CheckpointConflictError
 from engine.stores.base import DeadLetter
+from engine.stores.dead_letter_encoding import check_runner, storable_letter
 
 __all__ = ["MemoryDeadLetterStore", "MemoryTransaction", "MemoryTransactionalStore"]
 
@@ -24,10 +25,14 @@ class MemoryDeadLetterStore:
 
     async def park(self, letter: DeadLetter) -> None:
         await trio.lowlevel.checkpoint()
+        # The same rules as the durable stores: a letter reads back alike everywhere.
+        letter = storable_letter(letter)
         self._letters[letter.runner, letter.position] = letter
 
     async def dead_letters(self, runner: str | None = None) -> list[DeadLetter]:
         await trio.lowlevel.checkpoint()
+        if runner is not None:
+            check_runner(runner)
         return [
             letter
             for key, letter in sorted(self._letters.items())
@@ -36,6 +41,7 @@ class MemoryDeadLetterStore:
 
     async def discard(self, runner: str, position: int) -> bool:
         await trio.lowlevel.checkpoint()
+        check_runner(runner)
         return self._letters.pop((runner, position), None) is not None
 
 

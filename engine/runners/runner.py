@@ -471,6 +471,7 @@ class ProjectionRunner(Runner[E]):
         *,
         version: int,
         progress: Callable[[int, int], None] | None = None,
+        on_switch: Callable[[], None] | None = None,
     ) -> int:
         """Build version ``version`` of the read model from position 0, then switch to it.
 
@@ -489,6 +490,9 @@ class ProjectionRunner(Runner[E]):
             handler: The new read model's handler.
             version: Its version (different from the live one).
             progress: Called as ``progress(done, head)`` after each batch.
+            on_switch: Called at the switch, with the live loop still paused (swap the
+                queries that answer from the read model here, so that no reader sees
+                the new checkpoint with the old read model).
 
         Returns:
             The position at which the runner switched.
@@ -517,6 +521,8 @@ class ProjectionRunner(Runner[E]):
                 # The live loop is paused between batches: read the last events.
                 await self._rebuild_pass(track, progress)
                 self.handler, self.version, self._live = handler, version, track
+                if on_switch is not None:
+                    on_switch()
                 self._notify()
             logger.info("switched %r to %r at %d", self.name, track.key, track.checkpoint)
             return track.checkpoint

@@ -37,7 +37,7 @@ class TestMemoryDeadLetters(DeadLetterStoreContract):
             await trio.lowlevel.checkpoint()
             yield shared
 
-        return DeadLetterBackend("memory", open_store, bounded=False)
+        return DeadLetterBackend("memory", open_store)
 
 
 class TestSqliteDeadLetters(DeadLetterStoreContract):

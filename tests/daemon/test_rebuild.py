@@ -1,0 +1,133 @@
+"""Rebuilding a projection in a running engine: a new version built beside the live one,
+switched with its queries once caught up, over HTTP and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from engine import Event, Plugin, ProjectionContext, ProjectionDefinition, ProjectionSetup
+from engine.__main__ import main
+from engine.daemon.engine import Engine, open_engine
+from tests.daemon.test_engine import config_for, http, wait_for
+from tests.daemon.test_sql_read_models import _balance, _bank, _send
+
+
+async def _rebuilt(engine: Engine, name: str) -> dict[str, Any]:
+    """Wait until the rebuild of ``name`` is no longer running; return its status."""
+    with trio.fail_after(30):
+        while True:
+            status, runners = await http(f"{engine.http_urls[0]}/runners")
+            assert status == 200
+            rebuild = runners[name]["rebuild"]
+            if rebuild["state"] != "running":
+                return dict(rebuild)
+            await trio.sleep(0.05)
+
+
+async def test_rebuild_a_sql_read_model_while_commands_flow(tmp_path: Path) -> None:
+    """The bank's balances are rebuilt as version 2 in their own table while deposits
+    keep arriving; after the switch the queries answer from version 2, exactly."""
+    async with open_engine(config_for(tmp_path), plugins=[_bank(1)]) as engine:
+        for n in range(20):
+            await _send(engine, "OpenAccount", f"acc-{n}", n)
+        base = engine.http_urls[0]
+        status, started = await http(
+            f"{base}/projections/bank.balances/rebuild", method="POST", body={}
+        )
+        assert status == 202, started
+        assert (started["from_version"], started["version"]) == (1, 2)
+        for n in range(20):
+            await _send(engine, "Deposit", f"acc-{n}", 1)
+        rebuild = await _rebuilt(engine, "bank.balances")
+        assert rebuild["state"] == "done", rebuild
+        await wait_for(engine, "bank.balances")
+        assert engine.runners["bank.balances"].statistics().checkpoint == 40
+        status, runners = await http(f"{base}/runners")
+        assert runners["bank.balances"]["version"] == 2
+        assert [await _balance(engine, f"acc-{n}") for n in range(20)] == [n + 1 for n in range(20)]
+        store: Any = engine.store
+        rows = await store.transactional().fetch(
+            "SELECT count(*), sum(balance) FROM bank_balances_v2"
+        )
+        assert rows == [(20, sum(range(20)) + 20)]
+        assert await store.load_checkpoint("bank.balances@2") == 40
+
+
+def _gated_plugin(gate: trio.Event) -> Plugin:
+    """A plugin whose in-memory counter waits at ``gate`` in every version but the first."""
+
+    def setup(context: ProjectionContext) -> ProjectionSetup:
+        seen: list[int] = []
+
+        async def handle(event: Event[Any]) -> None:
+            if context.version > 1:
+                await gate.wait()
+            seen.append(event.position)
+
+        async def count(params: Mapping[str, str]) -> dict[str, Any]:
+            return {"version": context.version, "count": len(seen)}
+
+        return ProjectionSetup(handler=handle, queries={"count": count})
+
+    bank = _bank(1)
+    return attrs.evolve(
+        bank,
+        projections=[
+            *bank.projections,
+            ProjectionDefinition(name="counter", setup=setup),
+        ],
+    )
+
+
+async def test_a_rebuild_runs_once_at_a_time_and_switches_its_queries(tmp_path: Path) -> None:
+    """A second rebuild while one runs is refused with 409 and an unknown projection
+    with 404; the live version answers until the switch, the new one after it."""
+    gate = trio.Event()
+    async with open_engine(config_for(tmp_path), plugins=[_gated_plugin(gate)]) as engine:
+        base = engine.http_urls[0]
+        for n in range(3):
+            await _send(engine, "OpenAccount", f"acc-{n}", 5)
+        await wait_for(engine, "bank.counter")
+        status, body = await http(f"{base}/projections/bank.counter/rebuild", method="POST")
+        assert status == 202, body
+        status, body = await http(f"{base}/projections/bank.counter/rebuild", method="POST")
+        assert (status, body["error"]["code"]) == (409, "rebuild_in_progress")
+        status, body = await http(f"{base}/projections/bank.nope/rebuild", method="POST")
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, body = await http(f"{base}/projections/bank.counter/rebuild")
+        assert status == 405
+        status, body = await http(f"{base}/queries/bank/count")
+        assert body == {"version": 1, "count": 3}  # the live version, while v2 waits
+        gate.set()
+        assert (await _rebuilt(engine, "bank.counter"))["state"] == "done"
+        status, body = await http(f"{base}/queries/bank/count")
+        assert body == {"version": 2, "count": 3}
+
+
+async def test_the_cli_rebuilds_with_a_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eskit projections rebuild NAME`` starts the rebuild, draws its progress and
+    exits 0 once the projection switched; an unknown name exits with the 404."""
+    async with open_engine(config_for(tmp_path), plugins=[_bank(1)]) as engine:
+        for n in range(30):
+            await _send(engine, "OpenAccount", f"acc-{n}", 1)
+        url = engine.http_urls[0]
+        code = await trio.to_thread.run_sync(
+            main, ["projections", "rebuild", "bank.balances", "--url", url]
+        )
+        assert code == 0
+        out, err = capsys.readouterr()
+        assert "version 1 -> 2" in err
+        assert "30/30 events (100%)" in err
+        assert "'bank.balances' switched to version 2 at position 30" in out
+        with pytest.raises(SystemExit, match="404 not_found"):
+            await trio.to_thread.run_sync(
+                main, ["projections", "rebuild", "bank.nope", "--url", url]
+            )
