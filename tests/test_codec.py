@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import decimal
 import enum
@@ -9,6 +10,7 @@ import pickle
 import uuid
 
 import attrs
+import hypothesis
 import pytest
 
 from engine import (
@@ -23,6 +25,7 @@ from engine import (
     make_converter,
 )
 from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
+from engine.stores.encoding import uuid_from_bytes
 
 
 class Colour(enum.Enum):
@@ -227,3 +230,24 @@ def test_custom_converter_turns_the_fast_path_off() -> None:
     assert codec.decode("Plain", 1, b'{"amount": 1}') == Plain(10)
     assert not codec.fast_decode
     assert not Codec(registry, format=MSGPACK).fast_decode
+
+
+@hypothesis.given(hypothesis.strategies.binary(min_size=16, max_size=16))
+def test_uuid_from_bytes_is_the_uuid_constructor(raw: bytes) -> None:
+    """The replay loops' UUID shortcut builds exactly what ``uuid.UUID(bytes=...)`` does."""
+    fast, slow = uuid_from_bytes(raw), uuid.UUID(bytes=raw)
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert (str(fast), fast.bytes, fast.version, fast.is_safe) == (
+        str(slow),
+        slow.bytes,
+        slow.version,
+        slow.is_safe,
+    )
+    assert copy.deepcopy(fast) == slow
+
+
+def test_uuid_from_bytes_refuses_other_lengths() -> None:
+    """A stored id of the wrong length is an error, never a silently different UUID."""
+    with pytest.raises(ValueError, match="16"):
+        uuid_from_bytes(b"\x01" * 15)

@@ -19,7 +19,15 @@ from engine.codec import Codec, EncodedEvent
 from engine.errors import CodecError, EventTooLargeError
 from engine.events import Event, NewEvent, validate_stream_id
 
-__all__ = ["EncodedNewEvent", "decode_event", "decode_metadata", "encode_batch", "encode_body"]
+__all__ = [
+    "EncodedNewEvent",
+    "decode_event",
+    "decode_metadata",
+    "decode_row",
+    "encode_batch",
+    "encode_body",
+    "uuid_from_bytes",
+]
 
 E = TypeVar("E")
 
@@ -88,6 +96,53 @@ def decode_metadata(raw: bytes | str | None) -> Mapping[str, str]:
     return value
 
 
+_new_object = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_from_bytes(raw: bytes) -> uuid.UUID:
+    """``uuid.UUID(bytes=raw)`` in a third of the time (it skips the constructor's
+    argument parsing; the object is the same). Replay builds one per event."""
+    if len(raw) != 16:
+        return uuid.UUID(bytes=raw)  # raises the usual ValueError
+    value = _new_object(uuid.UUID)
+    _set(value, "int", int.from_bytes(raw, "big"))
+    _set(value, "is_safe", _UNKNOWN)
+    return value
+
+
+def decode_row(
+    codec: Codec[E],
+    stream_id: str,
+    version: int,
+    position: int,
+    type_name: str,
+    schema_version: int,
+    data: bytes,
+    metadata: bytes | str | None,
+    event_id: uuid.UUID | str | bytes,
+    recorded_at: dt.datetime,
+) -> Event[E]:
+    """:func:`decode_event` with positional arguments, for the replay loops (keyword
+    passing costs a tenth of an event's decoding)."""
+    value: Any = codec.decode(type_name, schema_version, data)
+    if type(event_id) is bytes:
+        event_id = uuid_from_bytes(event_id)
+    elif not isinstance(event_id, uuid.UUID):
+        event_id = uuid.UUID(str(event_id))
+    return Event(
+        stream_id,
+        version,
+        position,
+        codec.type_name(value),
+        value,
+        decode_metadata(metadata),
+        event_id,
+        recorded_at,
+    )
+
+
 def decode_event(
     codec: Codec[E],
     *,
@@ -98,18 +153,20 @@ def decode_event(
     schema_version: int,
     data: bytes,
     metadata: bytes | str | None,
-    event_id: uuid.UUID | str,
+    event_id: uuid.UUID | str | bytes,
     recorded_at: dt.datetime,
 ) -> Event[E]:
-    """Build a stored :class:`Event` from a row's columns."""
-    value: Any = codec.decode(type_name, schema_version, data)
-    return Event(
-        stream_id=stream_id,
-        version=version,
-        position=position,
-        type=codec.type_name(value),
-        data=value,
-        metadata=decode_metadata(metadata),
-        event_id=event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(event_id),
-        recorded_at=recorded_at,
+    """Build a stored :class:`Event` from a row's columns (``event_id`` as a UUID, its
+    string, or its 16 bytes)."""
+    return decode_row(
+        codec,
+        stream_id,
+        version,
+        position,
+        type_name,
+        schema_version,
+        data,
+        metadata,
+        event_id,
+        recorded_at,
     )

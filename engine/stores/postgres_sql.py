@@ -23,7 +23,7 @@ from engine.codec import Codec
 from engine.drivers.postgres import PgConnection
 from engine.errors import EskitError
 from engine.events import Event, ExpectedVersion
-from engine.stores.encoding import EncodedNewEvent, decode_event
+from engine.stores.encoding import EncodedNewEvent, decode_row
 from engine.stores.pg_support import (
     advisory_key,
     channel_name,
@@ -453,19 +453,8 @@ def fetch_events(
     """Run an event query (columns in ``read_all``'s order) and decode the rows."""
     rows = conn.execute(query, params, binary=True).fetchall()
     return [
-        decode_event(
-            codec,
-            position=row[0],
-            stream_id=row[1],
-            version=row[2],
-            type_name=row[3],
-            schema_version=row[4],
-            data=row[5],
-            metadata=row[6],
-            event_id=row[7],
-            recorded_at=row[8],
-        )
-        for row in rows
+        decode_row(codec, stream_id, version, position, name, schema, data, meta, eid, at)
+        for position, stream_id, version, name, schema, data, meta, eid, at in rows
     ]
 
 

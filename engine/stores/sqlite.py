@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike
@@ -62,7 +61,7 @@ from engine.events import (
     validate_stream_id,
 )
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
-from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.encoding import EncodedNewEvent, decode_event, decode_row, encode_batch
 from engine.stores.sqlite_transactional import SqliteTransactionalStore
 
 __all__ = [
@@ -456,23 +455,24 @@ class SqliteStore(Generic[E]):
     def _decode_rows(self, rows: list[_Row]) -> list[Event[E]]:
         # The events of one append share a timestamp: build each datetime once.
         moments: dict[int, dt.datetime] = {}
+        codec = self.codec
         events = []
         for position, stream_id, version, type_name, schema, data, metadata, eid, at in rows:
             recorded_at = moments.get(at)
             if recorded_at is None:
                 recorded_at = moments[at] = _EPOCH + at * _MICROSECOND
             events.append(
-                decode_event(
-                    self.codec,
-                    stream_id=stream_id,
-                    version=version,
-                    position=position,
-                    type_name=type_name,
-                    schema_version=schema,
-                    data=data,
-                    metadata=metadata,
-                    event_id=uuid.UUID(bytes=eid),
-                    recorded_at=recorded_at,
+                decode_row(
+                    codec,
+                    stream_id,
+                    version,
+                    position,
+                    type_name,
+                    schema,
+                    data,
+                    metadata,
+                    eid,
+                    recorded_at,
                 )
             )
         return events
