@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import attrs
 import pytest
 
 from engine import ConcurrencyError, Decider, DomainError, ExpectedVersion, NewEvent, combine
 from engine.errors import InvalidStreamIdError
-from engine.events import MAX_STREAM_ID_BYTES, check_expected_version, validate_stream_id
+from engine.events import (
+    MAX_STREAM_ID_BYTES,
+    check_expected_version,
+    new_event_id,
+    validate_stream_id,
+)
 
 
 @attrs.frozen
@@ -140,3 +148,23 @@ def test_new_event_metadata_is_checked_and_copied() -> None:
     with pytest.raises(TypeError, match="str to str"):
         NewEvent(Added(1), {"n": 1})  # type: ignore[dict-item]
     assert NewEvent(Added(1)).event_id != NewEvent(Added(1)).event_id
+
+
+def test_new_event_ids_are_random_version_4_uuids() -> None:
+    """Event ids come from the OS's random source as RFC 4122 version-4 UUIDs, all
+    distinct, also across a fork (the child drops the parent's buffered bytes)."""
+    ids = [new_event_id() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
+    assert NewEvent(object()).event_id.version == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send the next id and leave at once
+        os.write(write, new_event_id().bytes)
+        os._exit(0)
+    os.close(write)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != new_event_id()
+    assert child not in ids

@@ -32,7 +32,7 @@ import attrs
 import trio
 
 from engine.errors import EskitError
-from engine.events import utc_now
+from engine.events import new_event_id, utc_now
 
 __all__ = [
     "DEFAULT_FOLLOW_BATCH",
@@ -227,7 +227,7 @@ class DcbEvent(Generic[E_co]):
     data: E_co
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
     metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_metadata)
-    event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    event_id: uuid.UUID = attrs.field(factory=new_event_id)
 
 
 @attrs.frozen
@@ -249,7 +249,7 @@ class SequencedEvent(Generic[E_co]):
     data: E_co
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, str] = attrs.field(factory=dict)
-    event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    event_id: uuid.UUID = attrs.field(factory=new_event_id)
     recorded_at: dt.datetime = attrs.field(factory=utc_now)
 
 
