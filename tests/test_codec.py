@@ -25,7 +25,8 @@ from engine import (
     make_converter,
 )
 from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
-from engine.stores.encoding import uuid_from_bytes
+from engine.events import Event
+from engine.stores.encoding import build_event, uuid_from_bytes
 
 
 class Colour(enum.Enum):
@@ -251,3 +252,14 @@ def test_uuid_from_bytes_refuses_other_lengths() -> None:
     """A stored id of the wrong length is an error, never a silently different UUID."""
     with pytest.raises(ValueError, match="16"):
         uuid_from_bytes(b"\x01" * 15)
+
+
+def test_build_event_is_the_event_constructor() -> None:
+    """The replay loops' event builder makes the same frozen, hashable event as
+    ``Event(...)``."""
+    fields = ("s", 3, 7, "t", {"x": 1}, {"k": "v"}, uuid.uuid4(), dt.datetime.now(dt.UTC))
+    built, constructed = build_event(*fields), Event(*fields)
+    assert built == constructed
+    assert repr(built) == repr(constructed)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.version = 4  # type: ignore[misc]
