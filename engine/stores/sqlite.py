@@ -212,6 +212,12 @@ _INSERT_EVENT = (
 )
 
 
+_INSERT_NEXT_EVENT = (
+    "INSERT INTO events (stream_key, version, type, schema_version, data, metadata, event_id,"
+    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _select_range(conn: sqlite3.Connection, first: int, count: int) -> list[_Row]:
     return conn.execute(
         f"{_SELECT_EVENT} WHERE e.position >= ? AND e.position < ? ORDER BY e.position",
@@ -271,12 +277,31 @@ class SqliteStore(Generic[E]):
             ).fetchone()
             stream_key, version = (row[0], row[1] or 0) if row is not None else (None, 0)
             check_expected_version(stream_id, expected_version, version)
-            first = (conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0) + 1
-            if encoded:
-                if stream_key is None:
-                    stream_key = conn.execute(
-                        "INSERT INTO streams (stream_id) VALUES (?)", (stream_id,)
-                    ).lastrowid
+            if encoded and stream_key is None:
+                stream_key = conn.execute(
+                    "INSERT INTO streams (stream_id) VALUES (?)", (stream_id,)
+                ).lastrowid
+            if len(encoded) == 1:
+                # The hot path: SQLite numbers the row itself (max(position) + 1, the
+                # rowid rule; positions are never deleted), one statement fewer.
+                event = encoded[0]
+                cursor = conn.execute(
+                    _INSERT_NEXT_EVENT,
+                    (
+                        stream_key,
+                        version + 1,
+                        event.type,
+                        event.schema_version,
+                        event.data,
+                        None if event.metadata == b"{}" else event.metadata,
+                        event.event_id.bytes,
+                        micros,
+                    ),
+                )
+                assert cursor.lastrowid is not None  # set by every successful INSERT
+                first = cursor.lastrowid
+            else:
+                first = (conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0) + 1
                 conn.executemany(
                     _INSERT_EVENT,
                     [
