@@ -320,6 +320,54 @@ async def test_store_survives_a_dropped_connection(nats: NatsTarget) -> None:
                     await delete_nats_store(conn, nats.namespace)
 
 
+async def test_a_request_in_flight_fails_at_once_when_its_connection_drops(
+    nats: NatsTarget,
+) -> None:
+    """A request waiting for its reply when the connection is cut fails with
+    ConnectionError (outcome unknown) at the disconnect, not after its 60 s timeout;
+    requests sent after the reconnect are answered."""
+    port = int(nats.url.rsplit(":", 1)[1])
+    subject = f"{nats.namespace}.silent"
+    with trio.fail_after(30):
+        async with (
+            tcp_proxy(port) as (proxy_port, scopes),
+            open_nats(
+                f"nats://127.0.0.1:{proxy_port}", reconnect_time_wait=0.05, request_timeout=60
+            ) as conn,
+            open_nats(nats.url) as responder,
+            responder.subscribe(subject) as requests,
+            trio.open_nursery() as nursery,
+        ):
+            failures: list[BaseException] = []
+            failed = trio.Event()
+
+            async def ask() -> None:
+                try:
+                    await conn.request(subject, b"anyone?")
+                except ConnectionError as exc:
+                    failures.append(exc)
+                    failed.set()
+
+            nursery.start_soon(ask)
+            await requests.messages.receive()  # it reached the responder, which stays silent
+            for scope in scopes:
+                scope.cancel()
+            await conn.wait_statistics(lambda s: s.disconnects >= 1)
+            await conn.wait_statistics(lambda s: s.reconnects >= 1 and s.connected)
+            with trio.fail_after(10):  # far below the request's own 60 s timeout
+                await failed.wait()
+            assert "may or may not have been applied" in str(failures[0])
+
+            async def answer() -> None:
+                request = await requests.messages.receive()
+                assert request.reply
+                await responder.send(request.reply, b"here")
+
+            nursery.start_soon(answer)
+            reply = await conn.request(subject, b"anyone now?")
+            assert reply.data == b"here"
+
+
 async def test_closed_driver_refuses_work(nats: NatsTarget) -> None:
     """A store whose connection is closed raises ClosedResourceError, not a nats-py error."""
     async with open_nats(nats.url) as conn, store_on(conn, nats) as store:

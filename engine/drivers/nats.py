@@ -219,6 +219,10 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     abandoned: bool = False
+    # A request whose reply can only come on the connection it was sent on fails as
+    # soon as that connection is lost (instead of waiting out its timeout).
+    fail_on_disconnect: bool = True
+    lost: bool = False
 
 
 @attrs.define(eq=False)
@@ -247,6 +251,8 @@ class NatsConnection:
     _to_loop: collections.deque[_Job] = attrs.field(factory=collections.deque)
     _loop_wakeup_pending: bool = False
     _to_trio: collections.deque[_Job] = attrs.field(factory=collections.deque)
+    # Jobs running on the asyncio loop (touched only in the asyncio thread).
+    _running: set[_Job] = attrs.field(factory=set)
     _trio_wakeup_pending: bool = False
 
     @property
@@ -283,12 +289,17 @@ class NatsConnection:
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._note_change)
 
-    async def run(self, job: Callable[[Client], Awaitable[T]]) -> T:
+    async def run(
+        self, job: Callable[[Client], Awaitable[T]], *, fail_on_disconnect: bool = True
+    ) -> T:
         """Run ``job(client)`` on the driver's asyncio loop and return its result.
 
         The Trio task waits without blocking the Trio loop. If it is cancelled, the
         asyncio side is cancelled too (whether a request already reached the server is
-        then unknown, as with any lost reply).
+        then unknown, as with any lost reply). If the connection is lost while the job
+        runs, it fails at once with :class:`ConnectionError` (a reply to a request sent
+        on the lost connection cannot arrive on the next one), unless
+        ``fail_on_disconnect`` is false.
 
         Raises:
             trio.ClosedResourceError: The driver is closed.
@@ -298,10 +309,10 @@ class NatsConnection:
         if self._closed:
             raise trio.ClosedResourceError("the NATS connection is closed")
         client = self._require_client()
-        return await self._submit(self._guarded(job, client))
+        return await self._submit(self._guarded(job, client), fail_on_disconnect)
 
-    async def _submit(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        job = _Job(coroutine)
+    async def _submit(self, coroutine: Coroutine[Any, Any, T], fail_on_disconnect: bool) -> T:
+        job = _Job(coroutine, fail_on_disconnect=fail_on_disconnect)
         self._to_loop.append(job)
         if not self._loop_wakeup_pending:
             self._loop_wakeup_pending = True
@@ -331,13 +342,26 @@ class NatsConnection:
                 continue
             job.task = self._loop.create_task(job.coroutine)
             job.task.add_done_callback(functools.partial(self._job_done, job))
+            self._running.add(job)
+
+    def _fail_in_flight(self) -> None:  # asyncio thread, on disconnect
+        for job in list(self._running):
+            if job.fail_on_disconnect and job.task is not None and not job.task.done():
+                job.lost = True
+                job.task.cancel()
 
     def _cancel_job(self, job: _Job) -> None:  # asyncio thread
         if job.task is not None:
             job.task.cancel()
 
     def _job_done(self, job: _Job, task: asyncio.Task[Any]) -> None:  # asyncio thread
-        if task.cancelled():
+        self._running.discard(job)
+        if task.cancelled() and job.lost:
+            job.error = ConnectionError(
+                "the NATS connection was lost while the request was in flight: "
+                "it may or may not have been applied"
+            )
+        elif task.cancelled():
             job.error = trio.ClosedResourceError("the NATS job was cancelled")
         elif (error := task.exception()) is not None:
             job.error = error
@@ -461,7 +485,7 @@ class NatsConnection:
                 pending_bytes_limit=0,
             )
 
-        sub = await self.run(start)
+        sub = await self.run(start, fail_on_disconnect=False)
         try:
             async with send_channel, receive_channel:
                 yield handle
@@ -473,7 +497,7 @@ class NatsConnection:
 
             with trio.move_on_after(CLOSE_GRACE, shield=True):
                 with contextlib.suppress(trio.ClosedResourceError, ConnectionError):
-                    await self.run(stop)
+                    await self.run(stop, fail_on_disconnect=False)
 
     async def flush(self) -> None:
         """Wait until everything sent so far has reached the server (a PING/PONG).
@@ -697,6 +721,7 @@ class NatsConnection:
         async def on_disconnect() -> None:
             counters.disconnects += 1
             log.info("NATS disconnected")
+            self._fail_in_flight()
             note_change()
 
         async def on_reconnect() -> None:
@@ -845,12 +870,14 @@ async def open_nats(
             "allow_reconnect": True,
             **options,
         }
-        await connection._submit(connection._connect(url, connect_options, connect_timeout))
+        await connection._submit(
+            connection._connect(url, connect_options, connect_timeout), fail_on_disconnect=False
+        )
         yield connection
     finally:
         connection._closed = True
         with trio.move_on_after(CLOSE_GRACE, shield=True):
-            await connection._submit(connection._close())
+            await connection._submit(connection._close(), fail_on_disconnect=False)
         loop.call_soon_threadsafe(loop.stop)
         with trio.CancelScope(shield=True):
             # A worker thread cannot be cancelled: bound the join itself.
