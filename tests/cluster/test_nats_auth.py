@@ -1,14 +1,16 @@
 """The engine's NATS connection to an external server with a token, a user and
-password, or mutual TLS (real servers configured for each, certificates made with
+password, an NKey, or mutual TLS (real servers configured for each, certificates made with
 ``openssl``)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nkeys
 import pytest
 import trio
 
@@ -131,6 +133,28 @@ async def test_token_and_user_password(
     await connect_and_echo(server.url, good)
     with pytest.raises(ConnectionError):
         await connect_and_echo(server.url, bad)
+
+
+def _nkey_user(folder: Path, name: str) -> tuple[Path, str]:
+    """A new NKey user: its seed file and its public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path = folder / f"{name}.nk"
+    path.write_bytes(seed + b"\n")
+    path.chmod(0o600)
+    return path, nkeys.from_seed(seed).public_key.decode()
+
+
+async def test_nkey_seed(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A user known to the server by its NKey connects with its seed file (the seed signs
+    the server's nonce; no secret crosses the wire); another user's seed is refused."""
+    good, public = _nkey_user(tmp_path, "good")
+    bad, _ = _nkey_user(tmp_path, "bad")
+    server = await run_server(
+        nursery, tmp_path / "nats", f'authorization {{ users: [{{nkey: "{public}"}}] }}'
+    )
+    await connect_and_echo(server.url, {"nkey_seed": str(good)})
+    with pytest.raises(ConnectionError):
+        await connect_and_echo(server.url, {"nkey_seed": str(bad)})
 
 
 async def test_mutual_tls(tmp_path: Path, nursery: trio.Nursery) -> None:
