@@ -35,6 +35,7 @@ owner's status and code, as if it had run here. With a token configured, every r
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -375,13 +376,26 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` with hypercorn's Trio worker until cancelled or ``shutdown_trigger``.
+    """Serve ``app`` with hypercorn's HTTP/1.1 and HTTP/2 protocol code until cancelled or
+    ``shutdown_trigger`` returns.
 
     Calls ``task_status.started(binds)`` with the bound URLs once the socket listens
     (``port=0`` picks a free port; the URL says which).
+
+    The accept loop is ours, not hypercorn's ``serve``: hypercorn lets an error of one
+    connection escape into its server's nursery (a request with trailing bytes that the
+    app answers while hypercorn answers the bytes with a 400 races its close against
+    that send, ``trio.BusyResourceError``), which ends every connection and the listener
+    with it. Here a connection's error is logged and ends that connection only
+    (``tests/daemon/test_http_connections.py``). hypercorn's own protocol classes are
+    used as they are; they are internal API, hence the version pin in pyproject.toml.
     """
+    from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import ConnectionState
+    from hypercorn.utils import repr_socket_addr
 
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -390,5 +404,35 @@ async def serve_http(
     config.graceful_timeout = 5.0
     config.h11_max_incomplete_size = 64 * 1024
     # hypercorn types the app with its own TypedDicts; ours takes the same dicts untyped.
-    asgi_app: Any = app
-    await serve(asgi_app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    asgi_app: Any = ASGIWrapper(app)  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    sockets = config.create_sockets()
+    listeners: list[trio.SocketListener] = []
+    binds: list[str] = []
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+
+    async def connection(stream: Any) -> None:  # hypercorn types it as an SSL stream
+        try:
+            await TCPServer(asgi_app, config, context, ConnectionState({}), stream).run()
+        except Exception:
+            logger.warning("an HTTP connection ended with an error", exc_info=True)
+
+    async with trio.open_nursery() as connections:
+        try:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    functools.partial(
+                        trio.serve_listeners, connection, listeners, handler_nursery=connections
+                    )
+                )
+                task_status.started(binds)
+                if shutdown_trigger is not None:
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+        finally:
+            # Idle keep-alive connections close at once; requests in flight get the grace.
+            await context.terminated.set()
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

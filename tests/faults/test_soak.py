@@ -40,7 +40,11 @@ def _sample(pid: int) -> tuple[int, int]:
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-@pytest.mark.parametrize("seconds", [60, pytest.param(600, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "seconds",
+    # The slow tier runs past pytest's default timeout (300 s) on purpose.
+    [60, pytest.param(600, marks=[pytest.mark.slow, pytest.mark.timeout(900)])],
+)
 async def test_soak(tmp_path: Path, seconds: int) -> None:
     """RSS and fds stay flat under mixed load with faults; accepted deposits appear once."""
     port = free_port()
