@@ -87,6 +87,7 @@ from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import RestartPolicy, run_supervised
 from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
+from engine.stores.dead_letter_encoding import letter_document
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
 __all__ = [
@@ -669,17 +670,7 @@ class Engine:
     @staticmethod
     def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
         """A dead letter as a JSON-ready dict (the reason redacted like the logs')."""
-        return {
-            "runner": letter.runner,
-            "position": letter.position,
-            "event_id": str(letter.event_id),
-            "stream_id": letter.stream_id,
-            "version": letter.version,
-            "type": letter.type,
-            "reason": redact_text(letter.reason),
-            "attempts": letter.attempts,
-            "parked_at": letter.parked_at.isoformat(),
-        }
+        return {**letter_document(letter), "reason": redact_text(letter.reason)}
 
     # -- status -----------------------------------------------------------------------
 

@@ -24,9 +24,11 @@ engine errors.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import functools
+import hashlib
 import itertools
 import logging
 import math
@@ -49,6 +51,7 @@ __all__ = [
     "BATCH_SEQUENCE",
     "DEFAULT_TIMEOUT",
     "EXPECTED_LAST_SUBJECT_SEQUENCE",
+    "MAX_TOKEN_LENGTH",
     "MSG_ID",
     "DirectBatch",
     "InMsg",
@@ -60,8 +63,28 @@ __all__ = [
     "PubAck",
     "StoredMsg",
     "Subscription",
+    "bounded_subject_token",
     "open_nats",
 ]
+
+#: The longest subject token :func:`bounded_subject_token` makes (longer text is hashed).
+MAX_TOKEN_LENGTH = 200
+
+
+def bounded_subject_token(text: str) -> str:
+    """``text`` as one subject token: base64url of its UTF-8 bytes (lone surrogates
+    kept), or ``=`` and the base64url of its SHA-256 when that would exceed
+    :data:`MAX_TOKEN_LENGTH`. Base64url never produces ``=`` unpadded, so a digest cannot
+    meet a plain token; the empty text is ``=`` alone."""
+    raw = text.encode("utf-8", "surrogatepass")
+    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if not token:
+        return "="
+    if len(token) > MAX_TOKEN_LENGTH:
+        digest = hashlib.sha256(raw).digest()
+        return "=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return token
+
 
 T = TypeVar("T")
 

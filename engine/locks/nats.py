@@ -33,9 +33,7 @@ fence writes with the token, a compare-and-set checkpoint or an expected version
 
 from __future__ import annotations
 
-import base64
 import collections
-import hashlib
 import logging
 import os
 import re
@@ -56,6 +54,7 @@ from engine.drivers.nats import (
     OutMsg,
     StoredMsg,
     Subscription,
+    bounded_subject_token,
     open_nats,
 )
 from engine.errors import EskitError, LockNotHeldError
@@ -85,7 +84,6 @@ RENEW_FRACTION = 1 / 3
 #: Count the lease lost after this fraction of the TTL without a successful renewal.
 LOSS_FRACTION = 0.9
 #: Subject tokens longer than this are replaced by a digest.
-MAX_TOKEN_LENGTH = 200
 
 _TTL = "Nats-TTL"
 _OPERATION = "KV-Operation"
@@ -102,16 +100,8 @@ _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def lock_subject_token(key: str) -> str:
-    """The subject token of ``key``: base64url of its UTF-8 bytes, or a digest if long."""
-    raw = key.encode("utf-8", "surrogatepass")
-    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-    if not token:
-        return "="
-    if len(token) > MAX_TOKEN_LENGTH:
-        # Base64url never produces "=" unpadded, so digests cannot meet a plain token.
-        digest = hashlib.sha256(raw).digest()
-        return "=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-    return token
+    """The subject token of ``key`` (see :func:`~engine.drivers.nats.bounded_subject_token`)."""
+    return bounded_subject_token(key)
 
 
 def _ttl_header(seconds: float) -> str:

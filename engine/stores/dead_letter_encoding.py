@@ -35,6 +35,7 @@ __all__ = [
     "bounded_reason",
     "check_runner",
     "iso_utc",
+    "letter_document",
     "letter_from_json",
     "letter_to_json",
     "parse_iso_utc",
@@ -110,21 +111,24 @@ def parse_iso_utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
 
 
+def letter_document(letter: DeadLetter) -> dict[str, Any]:
+    """A letter as a JSON-ready dict (event id as text, ``parked_at`` ISO-8601 UTC)."""
+    return {
+        "runner": letter.runner,
+        "position": letter.position,
+        "event_id": str(letter.event_id),
+        "stream_id": letter.stream_id,
+        "version": letter.version,
+        "type": letter.type,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "parked_at": iso_utc(letter.parked_at),
+    }
+
+
 def letter_to_json(letter: DeadLetter) -> bytes:
     """The JSON document of a letter already made :func:`storable_letter`."""
-    return orjson.dumps(
-        {
-            "runner": letter.runner,
-            "position": letter.position,
-            "event_id": str(letter.event_id),
-            "stream_id": letter.stream_id,
-            "version": letter.version,
-            "type": letter.type,
-            "reason": letter.reason,
-            "attempts": letter.attempts,
-            "parked_at": iso_utc(letter.parked_at),
-        }
-    )
+    return orjson.dumps(letter_document(letter))
 
 
 def letter_from_json(data: bytes) -> DeadLetter:

@@ -32,8 +32,6 @@ by every durable backend: see :mod:`engine.stores.dead_letter_encoding`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -42,7 +40,13 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
-from engine.drivers.nats import JetStreamApiError, NatsConnection, OutMsg
+from engine.drivers.nats import (
+    MAX_TOKEN_LENGTH,
+    JetStreamApiError,
+    NatsConnection,
+    OutMsg,
+    bounded_subject_token,
+)
 from engine.errors import EskitError
 from engine.stores.base import DeadLetter
 from engine.stores.dead_letter_encoding import (
@@ -64,7 +68,6 @@ __all__ = [
 T = TypeVar("T")
 
 #: Runner tokens longer than this are replaced by a digest.
-MAX_TOKEN_LENGTH: Final = 200
 #: Messages per direct-get request while listing.
 LIST_PAGE: Final = 1000
 
@@ -75,16 +78,8 @@ _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def runner_token(runner: str) -> str:
-    """The subject token of ``runner``: base64url of its UTF-8 bytes, or a digest if long."""
-    raw = runner.encode("utf-8")
-    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-    if not token:
-        return "="
-    if len(token) > MAX_TOKEN_LENGTH:
-        # Base64url never produces "=" unpadded, so digests cannot meet a plain token.
-        digest = hashlib.sha256(raw).digest()
-        return "=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-    return token
+    """The subject token of ``runner`` (see :func:`~engine.drivers.nats.bounded_subject_token`)."""
+    return bounded_subject_token(runner)
 
 
 def _bucket(namespace: str) -> str:

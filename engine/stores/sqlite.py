@@ -218,6 +218,23 @@ _INSERT_NEXT_EVENT = (
 )
 
 
+def _columns(
+    stream_key: int | None, version: int, event: EncodedNewEvent, micros: int
+) -> tuple[Any, ...]:
+    """An event row's columns after its position (``_INSERT_NEXT_EVENT``'s order)."""
+    metadata = None if event.metadata == b"{}" else event.metadata
+    return (
+        stream_key,
+        version,
+        event.type,
+        event.schema_version,
+        event.data,
+        metadata,
+        event.event_id.bytes,
+        micros,
+    )
+
+
 def _select_range(conn: sqlite3.Connection, first: int, count: int) -> list[_Row]:
     return conn.execute(
         f"{_SELECT_EVENT} WHERE e.position >= ? AND e.position < ? ORDER BY e.position",
@@ -284,19 +301,8 @@ class SqliteStore(Generic[E]):
             if len(encoded) == 1:
                 # The hot path: SQLite numbers the row itself (max(position) + 1, the
                 # rowid rule; positions are never deleted), one statement fewer.
-                event = encoded[0]
                 cursor = conn.execute(
-                    _INSERT_NEXT_EVENT,
-                    (
-                        stream_key,
-                        version + 1,
-                        event.type,
-                        event.schema_version,
-                        event.data,
-                        None if event.metadata == b"{}" else event.metadata,
-                        event.event_id.bytes,
-                        micros,
-                    ),
+                    _INSERT_NEXT_EVENT, _columns(stream_key, version + 1, encoded[0], micros)
                 )
                 assert cursor.lastrowid is not None  # set by every successful INSERT
                 first = cursor.lastrowid
@@ -305,17 +311,7 @@ class SqliteStore(Generic[E]):
                 conn.executemany(
                     _INSERT_EVENT,
                     [
-                        (
-                            first + offset,
-                            stream_key,
-                            version + offset + 1,
-                            event.type,
-                            event.schema_version,
-                            event.data,
-                            None if event.metadata == b"{}" else event.metadata,
-                            event.event_id.bytes,
-                            micros,
-                        )
+                        (first + offset, *_columns(stream_key, version + offset + 1, event, micros))
                         for offset, event in enumerate(encoded)
                     ],
                 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from engine.locks.nats import MAX_TOKEN_LENGTH, lock_subject_token
+from engine.drivers.nats import MAX_TOKEN_LENGTH
+from engine.locks.nats import lock_subject_token
 from engine.locks.postgres import lock_id
 from engine.testing.lock_contract import HOSTILE_LOCK_KEYS
 
