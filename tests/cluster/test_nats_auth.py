@@ -1,11 +1,15 @@
 """The engine's NATS connection to an external server with a token, a user and
-password, an NKey, or mutual TLS (real servers configured for each, certificates made with
-``openssl``)."""
+password, an NKey, a credentials file (decentralized auth), or mutual TLS (real servers
+configured for each; JWTs made here, certificates made with ``openssl``)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,111 @@ async def test_nkey_seed(tmp_path: Path, nursery: trio.Nursery) -> None:
     await connect_and_echo(server.url, {"nkey_seed": str(good)})
     with pytest.raises(ConnectionError):
         await connect_and_echo(server.url, {"nkey_seed": str(bad)})
+
+
+def _jwt(claims: dict[str, Any], signer: nkeys.KeyPair) -> str:
+    """A NATS JWT (ed25519-nkey) of ``claims``, signed by ``signer``."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    body = json.dumps({**claims, "jti": ""}, separators=(",", ":")).encode()
+    jti = base64.b32encode(hashlib.sha256(body).digest()).decode().rstrip("=")
+    header = b64(b'{"typ":"JWT","alg":"ed25519-nkey"}')
+    payload = b64(json.dumps({**claims, "jti": jti}, separators=(",", ":")).encode())
+    return f"{header}.{payload}.{b64(signer.sign(f'{header}.{payload}'.encode()))}"
+
+
+def _keys(prefix: int) -> tuple[bytes, nkeys.KeyPair, str]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    pair = nkeys.from_seed(seed)
+    return seed, pair, pair.public_key.decode()
+
+
+def _operator_setup(folder: Path) -> tuple[str, Path, Path]:
+    """A decentralized-auth server config (an operator, one account preloaded), the
+    credentials file of a user of that account, and that of a user signed by an account
+    the server does not know."""
+    now = int(time.time())
+    _, operator, operator_public = _keys(nkeys.PREFIX_BYTE_OPERATOR)
+    operator_jwt = _jwt(
+        {
+            "iat": now,
+            "iss": operator_public,
+            "sub": operator_public,
+            "name": "eskit-test-operator",
+            "nats": {"type": "operator", "version": 2},
+        },
+        operator,
+    )
+    no_limits = {"subs": -1, "data": -1, "payload": -1}
+    unlimited = {**no_limits, "conn": -1, "wildcards": True}
+    _, account, account_public = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    account_jwt = _jwt(
+        {
+            "iat": now,
+            "iss": operator_public,
+            "sub": account_public,
+            "name": "eskit",
+            "nats": {"type": "account", "version": 2, "limits": unlimited},
+        },
+        operator,
+    )
+    # JetStream (the embedded server runs it) needs a system account in operator mode.
+    _, _, system_public = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    system_jwt = _jwt(
+        {
+            "iat": now,
+            "iss": operator_public,
+            "sub": system_public,
+            "name": "SYS",
+            "nats": {"type": "account", "version": 2, "limits": unlimited},
+        },
+        operator,
+    )
+
+    def creds(name: str, signer: nkeys.KeyPair, issuer: str) -> Path:
+        seed, _, public = _keys(nkeys.PREFIX_BYTE_USER)
+        user_jwt = _jwt(
+            {
+                "iat": now,
+                "iss": issuer,
+                "sub": public,
+                "name": name,
+                "nats": {"type": "user", "version": 2, "pub": {}, "sub": {}, **no_limits},
+            },
+            signer,
+        )
+        path = folder / f"{name}.creds"
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        path.chmod(0o600)
+        return path
+
+    config = (
+        f'operator: "{operator_jwt}"\nsystem_account: {system_public}\nresolver: MEMORY\n'
+        f'resolver_preload: {{ {account_public}: "{account_jwt}",'
+        f' {system_public}: "{system_jwt}" }}\n'
+    )
+    _, stranger, stranger_public = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    return (
+        config,
+        creds("member", account, account_public),
+        creds("stranger", stranger, stranger_public),
+    )
+
+
+async def test_credentials_file(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """With decentralized auth (an operator JWT, a preloaded account), a user's
+    credentials file (its JWT and NKey seed) connects; a user signed by an account the
+    server does not trust is refused."""
+    config, member, stranger = _operator_setup(tmp_path)
+    server = await run_server(nursery, tmp_path / "nats", config)
+    await connect_and_echo(server.url, {"credentials": str(member)})
+    with pytest.raises(ConnectionError):
+        await connect_and_echo(server.url, {"credentials": str(stranger)})
 
 
 async def test_mutual_tls(tmp_path: Path, nursery: trio.Nursery) -> None:
