@@ -279,8 +279,11 @@ async def tcp_proxy(port: int) -> AsyncIterator[tuple[int, list[trio.CancelScope
     scopes: list[trio.CancelScope] = []
 
     async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        while data := await source.receive_some(65536):
-            await sink.send_all(data)
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # one side reset or closed: this connection is over, the proxy goes on
 
     async def handle(client: trio.SocketStream) -> None:
         with trio.CancelScope() as scope:

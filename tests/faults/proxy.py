@@ -69,7 +69,7 @@ async def cut_proxy(target_port: int) -> AsyncIterator[CutProxy]:
                     pumps.start_soon(upward, client, server)
                     await downward(server, client)
                     pumps.cancel_scope.cancel()
-            except (trio.BrokenResourceError, OSError):
+            except* (trio.BrokenResourceError, OSError):
                 pass  # either side went away: this connection is over, like a real network
             finally:
                 proxy._scopes.discard(scope)

@@ -47,9 +47,12 @@ async def tcp_proxy(target_port: int, target_host: str = "127.0.0.1") -> AsyncIt
     proxy = Proxy(0)
 
     async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        while data := await source.receive_some(65536):
-            await proxy._thawed.wait()
-            await sink.send_all(data)
+        try:
+            while data := await source.receive_some(65536):
+                await proxy._thawed.wait()
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # one side reset or closed: this connection is over, the proxy goes on
 
     async with trio.open_nursery() as nursery:
 
