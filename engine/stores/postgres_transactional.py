@@ -274,13 +274,6 @@ class PostgresTransactionalStore:
         except psycopg.Error as exc:
             raise _translate(exc) from exc
 
-    async def load_checkpoint(self, name: str) -> int | None:
-        """The committed position of ``name``."""
-        try:
-            return await self._pool.run(partial(_load_checkpoint, self._queries, name))
-        except psycopg.Error as exc:
-            raise _translate(exc) from exc
-
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """Open a transaction; commit on normal exit, roll back otherwise.

@@ -293,10 +293,6 @@ class SqliteTransactionalStore:
         """Rows of one query over committed data, on a reader connection."""
         return await self._db.read(partial(_fetch, query, params))
 
-    async def load_checkpoint(self, name: str) -> int | None:
-        """The committed position of ``name``."""
-        return await self._db.read(partial(_load_checkpoint, name))
-
     async def ensure_schema(self, *statements: str) -> None:
         """Run DDL statements in one writer job (the single writer serializes them with
         every other process's), under the same guard as a read model's statements.

@@ -137,15 +137,14 @@ class DeadLetterBackend:
         name: For test ids and messages.
         open_store: ``open_store()`` opens a client on the backend's data; opened again
             after the first was closed, it must find what the first one kept.
-        bounded: Whether the store keeps letters by the rules of
-            :mod:`engine.stores.dead_letter_encoding` (reasons cut at
-            :data:`~engine.stores.dead_letter_encoding.MAX_REASON_LENGTH`, names with NUL
-            refused), as every durable store does; an in-memory fake keeps what it is given.
+
+    Every store keeps letters by the rules of :mod:`engine.stores.dead_letter_encoding`
+    (reasons cut at :data:`~engine.stores.dead_letter_encoding.MAX_REASON_LENGTH`, names
+    with NUL refused).
     """
 
     name: str
     open_store: Callable[[], AbstractAsyncContextManager[DeadLetterStore]]
-    bounded: bool = True
 
 
 class DeadLetterStoreContract:
@@ -273,9 +272,6 @@ class DeadLetterStoreContract:
                 for i, reason in enumerate(reasons):
                     await store.park(letter("r", i, reason=reason))
                 kept = [x.reason for x in await store.dead_letters("r")]
-        if not dead_letter_backend.bounded:
-            assert kept == reasons
-            return
         assert kept == [bounded_reason(reason) for reason in reasons]
         for reason, stored in zip(reasons, kept, strict=True):
             assert len(stored) == MAX_REASON_LENGTH
@@ -285,9 +281,9 @@ class DeadLetterStoreContract:
     async def test_names_no_store_can_key_are_refused(
         self, dead_letter_backend: DeadLetterBackend
     ) -> None:
-        """A bounded store refuses a runner name with NUL or a lone surrogate (and a naive
+        """A store refuses a runner name with NUL or a lone surrogate (and a naive
         ``parked_at``) with ``ValueError`` and keeps nothing; NUL in a reason becomes
-        U+FFFD. An in-memory fake keeps them as given."""
+        U+FFFD."""
         bad = [
             letter("nul\0inside"),
             letter("lone-\ud800"),
@@ -295,25 +291,17 @@ class DeadLetterStoreContract:
         ]
         with trio.fail_after(HANG_GUARD):
             async with dead_letter_backend.open_store() as store:
-                if dead_letter_backend.bounded:
-                    for item in bad:
-                        with pytest.raises(ValueError, match="dead letter"):
-                            await store.park(item)
-                    assert await store.dead_letters() == []
-                    with pytest.raises(ValueError, match="runner"):
-                        await store.dead_letters("nul\0")
-                    with pytest.raises(ValueError, match="runner"):
-                        await store.discard("nul\0", 1)
-                else:
-                    for item in bad:
+                for item in bad:
+                    with pytest.raises(ValueError, match="dead letter"):
                         await store.park(item)
-                    assert len(await store.dead_letters()) == len(bad)
-                    for item in bad:
-                        assert await store.discard(item.runner, item.position)
+                assert await store.dead_letters() == []
+                with pytest.raises(ValueError, match="runner"):
+                    await store.dead_letters("nul\0")
+                with pytest.raises(ValueError, match="runner"):
+                    await store.discard("nul\0", 1)
                 await store.park(letter("r", 1, reason="a\0b\ud800c"))
                 [kept] = await store.dead_letters("r")
-                expected = "a\ufffdb\ufffdc" if dead_letter_backend.bounded else "a\0b\ud800c"
-                assert kept.reason == expected
+                assert kept.reason == "a\ufffdb\ufffdc"
 
     async def test_fields_round_trip(self, dead_letter_backend: DeadLetterBackend) -> None:
         """Large positions and versions, the event id, and ``parked_at`` (any time zone,
