@@ -18,11 +18,14 @@ __all__ = [
     "EskitError",
     "EventTooLargeError",
     "IdempotencyConflictError",
+    "InvalidParameterError",
     "InvalidStreamIdError",
     "LockNotHeldError",
+    "NotCaughtUpError",
     "NotFoundError",
     "PluginError",
     "RetriesExhaustedError",
+    "StorageFullError",
     "UnknownCommandError",
     "UnknownEventTypeError",
 ]
@@ -184,6 +187,56 @@ class NotFoundError(EskitError, LookupError):
     """A query found nothing for what was asked (HTTP 404)."""
 
     code = "not_found"
+
+
+class InvalidParameterError(EskitError, ValueError):
+    """A query or request parameter is missing or malformed (HTTP 400).
+
+    Raise it from a plugin query for a parameter the caller must fix; the message is
+    shown to the caller, so name the parameter and what was expected, never a secret.
+
+    Attributes:
+        parameter: The parameter's name.
+    """
+
+    code = "bad_parameter"
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(parameter, message)
+        self.parameter = parameter
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotCaughtUpError(EskitError, TimeoutError):
+    """A read asked for a position the read model had not reached in the time allowed.
+
+    Expected under load and harmless: retry the read, or wait longer.
+
+    Attributes:
+        position: The position that was waited for.
+        reached: The position the read model had reached (``None`` if unknown).
+    """
+
+    code = "not_caught_up"
+
+    def __init__(self, position: int, reached: int | None, *, what: str = "the read model") -> None:
+        super().__init__(position, reached, what)
+        self.position = position
+        self.reached = reached
+        self.what = what
+
+    def __str__(self) -> str:
+        at = "" if self.reached is None else f" (it is at {self.reached})"
+        return f"{self.what} did not reach position {self.position} in time{at}; retry the read"
+
+
+class StorageFullError(EskitError, OSError):
+    """The store's disk (or database) is full: nothing was written; retry once there is room."""
+
+    code = "storage_full"
 
 
 class LockNotHeldError(EskitError):
