@@ -321,7 +321,17 @@ class CommandHandler(Generic[S, C, E]):
                 return await self._replayed(stream_id, command_id, previous)
         actual = 0
         for attempt in range(1, self.max_attempts + 1):
-            state, version, decided = await self._decide(stream_id, command)
+            try:
+                state, version, decided = await self._decide(stream_id, command)
+            except Exception:
+                # A copy of this command that missed the lookup above may be deciding on
+                # the state the original already changed (a second OpenAccount is
+                # refused): that copy answers the original result, not the rejection.
+                if command_id is not None:
+                    previous = await self.store.find_idempotent(command_id)
+                    if previous is not None:
+                        return await self._replayed(stream_id, command_id, previous)
+                raise
             if not decided and command_id is None:
                 self._cache.put(stream_id, version, state)
                 return CommandResult(state, [], version)
@@ -333,6 +343,11 @@ class CommandHandler(Generic[S, C, E]):
             except ConcurrencyError as conflict:
                 self._counts["conflicts"] += 1
                 actual = conflict.actual
+                if command_id is not None:
+                    # The stream moved on: perhaps through a copy of this very command.
+                    previous = await self.store.find_idempotent(command_id)
+                    if previous is not None:
+                        return await self._replayed(stream_id, command_id, previous)
                 if attempt < self.max_attempts:
                     ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
                     await trio.sleep(self.random.uniform(0, ceiling))

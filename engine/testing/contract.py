@@ -27,15 +27,18 @@ import pytest
 import trio
 
 from engine.codec import Codec, EventRegistry
+from engine.decider import Decider
 from engine.errors import (
     CheckpointConflictError,
     ConcurrencyError,
+    DomainError,
     EventTooLargeError,
     IdempotencyConflictError,
     InvalidStreamIdError,
     UnknownEventTypeError,
 )
 from engine.events import MAX_STREAM_ID_BYTES, Event, ExpectedVersion, NewEvent
+from engine.handler import CommandHandler, CommandResult
 from engine.stores.base import CheckpointStore, EventStore, Snapshot, SnapshotStore
 
 __all__ = [
@@ -77,6 +80,24 @@ class Tally:
 
     total: int
     names: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _Open:
+    """A command that may only succeed once per stream (like opening an account)."""
+
+    n: int
+
+
+def _open_once(state: bool, command: _Open) -> list[Note]:
+    if state:
+        raise DomainError("already open")
+    return [Note(f"opened {command.n}")]
+
+
+_opener: Decider[bool, _Open, Note] = Decider(
+    initial_state=lambda: False, decide=_open_once, evolve=lambda state, event: True
+)
 
 
 def contract_codec() -> Codec[Any]:
@@ -170,6 +191,8 @@ class EventStoreContract:
     follower_events_per_writer = 60
     #: How many commands each of the 16 writers on one stream performs.
     same_stream_appends_per_writer = 8
+    #: Rounds of ten concurrent copies of one command id.
+    idempotency_rounds = 12
 
     # -- round trip ---------------------------------------------------------------------
 
@@ -333,6 +356,60 @@ class EventStoreContract:
                 await store.append("other-stream", _new("z"), idempotency_key="cmd-1")
         assert again == first
         assert found == first
+
+    async def test_concurrent_copies_of_one_command_id_answer_the_original(
+        self, backend: Backend
+    ) -> None:
+        """Copies of one command sent at once through two clients, round after round: one
+        append, and every copy answers the original events (never the rejection a copy
+        deciding on the new state would give)."""
+        rounds, copies = self.idempotency_rounds, 10
+        async with (
+            backend.open_store(contract_codec()) as first,
+            backend.open_store(contract_codec()) as second,
+        ):
+            handlers = [
+                CommandHandler(decider=_opener, store=first),
+                CommandHandler(decider=_opener, store=second),
+            ]
+            for round_ in range(rounds):
+                stream_id, command_id = f"account-{round_}", f"open-{round_}"
+                answers: list[CommandResult[Any, Any]] = []
+                errors: list[Exception] = []
+
+                async def send(
+                    handler: CommandHandler[Any, Any, Any],
+                    stream_id: str,
+                    command: _Open,
+                    command_id: str,
+                    answers: list[CommandResult[Any, Any]],
+                    errors: list[Exception],
+                ) -> None:
+                    try:
+                        result = await handler.handle(stream_id, command, command_id=command_id)
+                    except Exception as exc:
+                        errors.append(exc)
+                    else:
+                        answers.append(result)
+
+                async with trio.open_nursery() as nursery:
+                    for copy in range(copies):
+                        nursery.start_soon(
+                            send,
+                            handlers[copy % 2],
+                            stream_id,
+                            _Open(round_),
+                            command_id,
+                            answers,
+                            errors,
+                        )
+                assert errors == [], f"round {round_}: {errors!r}"
+                stored = await first.load(stream_id)
+                assert [e.data for e in stored] == [Note(f"opened {round_}")]
+                assert [[e.event_id for e in a.events] for a in answers] == [
+                    [stored[0].event_id]
+                ] * copies
+                assert sum(not a.duplicate for a in answers) <= 1
 
     async def test_idempotency_key_of_empty_append(self, backend: Backend) -> None:
         """An empty append with a key records the key with no events."""
