@@ -110,14 +110,25 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     """Build a cattrs converter whose unstructured form is plain JSON types.
 
     UUIDs, datetimes, dates and decimals become strings, bytes become base64 text,
-    enums their values, tuples and sets lists. Each call returns a new converter; the
-    global cattrs converter is never touched.
+    enums their values, tuples and sets lists. Structuring is strict about JSON's
+    scalar types: an ``int`` field takes integers only (not ``true``, not ``5.7``, not
+    ``"5"``), a ``float`` field integers or numbers (not booleans), a ``str`` field
+    strings, a ``bool`` field ``true``/``false``; anything else is an error naming the
+    field. Each call returns a new converter; the global cattrs converter is never
+    touched.
 
     Args:
         forbid_extra_keys: Refuse unknown keys when structuring (for input from outside,
             such as commands over HTTP; stored events allow them, for forward compatibility).
     """
     converter = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
+    # cattrs' default for scalars is ``int(x)``, ``float(x)``, ``str(x)``, ``bool(x)``:
+    # 5.7 would become 5, true 1, and "yes" True. A value of the wrong JSON type is
+    # refused instead (msgspec, the fast decoding path, refuses the same values).
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(bool, _strict_bool)
     converter.register_unstructure_hook(uuid.UUID, str)
     converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(str(value)))
     converter.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
@@ -131,6 +142,53 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
     converter.register_structure_hook(bytes, lambda value, _: base64.b64decode(value))
     return converter
+
+
+def _got(value: Any) -> str:
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"got {_JSON_NAMES.get(type(value), type(value).__name__)} {shown}"
+
+
+_JSON_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if type(value) is not int:  # bool is an int subclass: refused too
+        raise ValueError(f"expected an integer, {_got(value)}")
+    return value
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise ValueError(f"expected a number, {_got(value)}")
+
+
+def _strict_str(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"expected a string, {_got(value)}")
+    return value
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"expected true or false, {_got(value)}")
+    return value
 
 
 @attrs.frozen

@@ -8,8 +8,10 @@ import decimal
 import enum
 import pickle
 import uuid
+from typing import Any
 
 import attrs
+import cattrs
 import hypothesis
 import pytest
 
@@ -24,6 +26,7 @@ from engine import (
     NewEvent,
     make_converter,
 )
+from engine.codec import explain_structure_error
 from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
 from engine.events import Event
 from engine.stores.encoding import build_event, uuid_from_bytes
@@ -263,3 +266,56 @@ def test_build_event_is_the_event_constructor() -> None:
     assert repr(built) == repr(constructed)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         built.version = 4  # type: ignore[misc]
+
+
+@attrs.frozen
+class Typed:
+    count: int
+    ratio: float
+    label: str
+    flag: bool
+    counts: list[int] = attrs.field(factory=list)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"count": 5.7}, "count: expected an integer, got a number 5.7"),
+        ({"count": 5.0}, "count: expected an integer, got a number 5.0"),
+        ({"count": True}, "count: expected an integer, got a boolean true"),
+        ({"count": "5"}, 'count: expected an integer, got a string "5"'),
+        ({"ratio": False}, "ratio: expected a number, got a boolean false"),
+        ({"ratio": "0.5"}, 'ratio: expected a number, got a string "0.5"'),
+        ({"label": 3}, "label: expected a string, got an integer 3"),
+        ({"flag": 1}, "flag: expected true or false, got an integer 1"),
+        ({"flag": "false"}, 'flag: expected true or false, got a string "false"'),
+        ({"counts": [1, 2.5]}, "counts[1]: expected an integer, got a number 2.5"),
+    ],
+)
+def test_structuring_never_coerces_scalars(payload: dict[str, Any], problem: str) -> None:
+    """A value of the wrong JSON type is refused naming the field, never converted."""
+    good = {"count": 1, "ratio": 0.5, "label": "x", "flag": True}
+    converter = make_converter(forbid_extra_keys=True)
+    with pytest.raises(cattrs.BaseValidationError) as info:
+        converter.structure({**good, **payload}, Typed)
+    assert explain_structure_error(info.value, path="data") == [f"data.{problem}"]
+
+
+def test_structuring_takes_the_right_types() -> None:
+    """Integers, numbers (an integer for a float field), strings and booleans go through."""
+    converter = make_converter()
+    value = converter.structure(
+        {"count": 3, "ratio": 2, "label": "x", "flag": False, "counts": [1, 2]}, Typed
+    )
+    assert value == Typed(3, 2.0, "x", False, [1, 2])
+    assert type(value.ratio) is float
+
+
+def test_stored_events_of_the_wrong_type_are_refused_on_every_path() -> None:
+    """A stored payload with a float in an int field fails on the fast and the cattrs path."""
+    registry = EventRegistry()
+    registry.register(Typed)
+    for fast in (True, False):
+        codec: Codec[Typed] = Codec(registry, fast_decode=fast)
+        with pytest.raises(CodecError, match="count"):
+            codec.decode("Typed", 1, b'{"count": 5.7, "ratio": 1, "label": "x", "flag": true}')
