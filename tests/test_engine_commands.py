@@ -11,7 +11,7 @@ import pytest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
 from engine.errors import CodecError
-from tests.daemon.test_engine import http
+from tests.daemon.test_engine import http, wait_for
 
 
 def config_for(tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -57,3 +57,30 @@ async def test_lossy_numbers_are_refused_naming_the_field(
     assert body["error"]["code"] == "codec_error"
     assert problem in body["error"]["message"]
     assert await engine.store.head_position() == 0
+
+
+async def test_a_deposit_of_int64_max_is_refused_and_the_read_model_stays_integer(
+    engine: Engine,
+) -> None:
+    """The bank bounds its amounts: a deposit of 2**63-1 is a 400, and the SQL balance stays
+    an exact integer."""
+    base = engine.http_urls[0]
+    status, _ = await http(
+        f"{base}/commands/bank/OpenAccount",
+        method="POST",
+        body={"stream_id": "acc", "data": {"initial_balance": 500}},
+    )
+    assert status == 200
+    status, body = await http(
+        f"{base}/commands/bank/Deposit",
+        method="POST",
+        body={"stream_id": "acc", "data": {"amount": 2**63 - 1}},
+    )
+    assert status == 400
+    assert (
+        "data.amount: must be between 1 and 1000000000000, got 9223372036854775807"
+        in body["error"]["message"]
+    )
+    await wait_for(engine, "bank.balances")
+    status, body = await http(f"{base}/queries/bank/balance?account=acc")
+    assert (status, body) == (200, {"account": "acc", "balance": 500})

@@ -209,6 +209,11 @@ class SqlTransaction(CheckpointStore, Protocol):
     * SQLite collects the statements and runs them with the checkpoint in the single
       writer, in one step, when the block ends: :meth:`fetch` sees committed data only,
       and a statement's error is raised when the block ends.
+
+    Integer parameters must fit 64 bits; both backends refuse others with an
+    :class:`~engine.errors.EskitError` (SQLite when the statement is queued) instead of
+    storing them as another type. SQLite's arithmetic is not checked (``n + ?`` past
+    2**63-1 becomes a REAL): bound the values in the domain.
     """
 
     async def execute(self, query: str, params: Sequence[Any] = ()) -> None:

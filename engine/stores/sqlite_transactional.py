@@ -136,6 +136,28 @@ class ReadModelStatementError(EskitError):
         return f"read-model statement failed: {self.message} (in {self.statement!r})"
 
 
+#: The range of SQLite's INTEGER (and PostgreSQL's bigint).
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def _check_params(query: str, params: Any) -> Any:
+    """``params`` copied, or :class:`ReadModelStatementError` for an integer SQLite cannot
+    keep as an integer (the sqlite3 module refuses it with a bare ``OverflowError``;
+    PostgreSQL refuses it with "bigint out of range"): a read model's column never
+    silently changes its meaning."""
+    copied = dict(params) if isinstance(params, Mapping) else tuple(params)
+    items = copied.items() if isinstance(copied, dict) else enumerate(copied, 1)
+    for key, value in items:
+        if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise ReadModelStatementError(
+                query,
+                f"parameter {key}: the integer {value} is outside the 64-bit range of "
+                f"SQL integers ({INT64_MIN} .. {INT64_MAX})",
+            )
+    return copied
+
+
 #: One queued statement: (query, rows of parameters, many?).
 _Step = tuple[str, Any, bool]
 
@@ -208,20 +230,19 @@ class SqliteTransaction:
         """Queue one statement (run, with the others, when the block ends)."""
         self._check_open()
         # Copied now: the caller may reuse its list before the block ends.
-        copied = dict(params) if isinstance(params, Mapping) else tuple(params)
-        self._steps.append((query, copied, False))
+        self._steps.append((query, _check_params(query, params), False))
         await trio.lowlevel.checkpoint()
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         """Queue one statement for each row of parameters."""
         self._check_open()
-        self._steps.append((query, list(rows), True))
+        self._steps.append((query, [_check_params(query, row) for row in rows], True))
         await trio.lowlevel.checkpoint()
 
     async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query over *committed* data (not this block's queued writes)."""
         self._check_open()
-        return await self._db.read(partial(_fetch, query, params))
+        return await self._db.read(partial(_fetch, query, _check_params(query, params)))
 
     async def load_checkpoint(self, name: str) -> int | None:
         """The committed position of ``name`` (a save queued in this block not included)."""
@@ -291,7 +312,7 @@ class SqliteTransactionalStore:
 
     async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query over committed data, on a reader connection."""
-        return await self._db.read(partial(_fetch, query, params))
+        return await self._db.read(partial(_fetch, query, _check_params(query, params)))
 
     async def ensure_schema(self, *statements: str) -> None:
         """Run DDL statements in one writer job (the single writer serializes them with

@@ -1,7 +1,10 @@
 """The bank account example: one decider, three commands, three events, one view."""
 
 from eskit_bank.domain import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
     AccountOpened,
+    BalanceLimitExceeded,
     BankAccount,
     BankTotals,
     Deposit,
@@ -16,7 +19,10 @@ from eskit_bank.domain import (
 )
 
 __all__ = [
+    "MAX_AMOUNT",
+    "MAX_BALANCE",
     "AccountOpened",
+    "BalanceLimitExceeded",
     "BankAccount",
     "BankTotals",
     "Deposit",

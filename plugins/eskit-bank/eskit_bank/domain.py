@@ -25,16 +25,28 @@ class BankAccount:
 # -- commands -------------------------------------------------------------------------
 
 
+#: The largest amount one command may move (cents): ten billion.
+MAX_AMOUNT = 10**12
+#: The largest balance an account may hold (cents). Far inside 64-bit integers, so a
+#: balance, and the bank's total over millions of accounts, fit every read model's column.
+MAX_BALANCE = 10**15
+
+
 def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+    if not 0 < value <= MAX_AMOUNT:
+        raise ValueError(f"{attribute.name}: must be between 1 and {MAX_AMOUNT}, got {value}")
+
+
+def _opening(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(f"{attribute.name}: must be between 0 and {MAX_AMOUNT}, got {value}")
 
 
 @attrs.frozen
 class OpenAccount:
     """Open an account with an initial balance."""
 
-    initial_balance: int = attrs.field(validator=attrs.validators.ge(0))
+    initial_balance: int = attrs.field(validator=_opening)
 
 
 @attrs.frozen
@@ -94,6 +106,12 @@ class AccountNotFound(DomainError):
     code = "account_not_found"
 
 
+class BalanceLimitExceeded(DomainError):
+    """A deposit would take the balance above :data:`MAX_BALANCE`."""
+
+    code = "balance_limit_exceeded"
+
+
 class InsufficientFunds(DomainError):
     """A withdrawal is larger than the balance."""
 
@@ -113,6 +131,11 @@ def decide(state: BankAccount, command: BankCommand) -> Sequence[BankEvent]:
         case Deposit(amount=amount):
             if not state.exists:
                 raise AccountNotFound("account does not exist")
+            if state.balance + amount > MAX_BALANCE:
+                raise BalanceLimitExceeded(
+                    f"balance limit: balance {state.balance} + deposit {amount} would exceed "
+                    f"{MAX_BALANCE}"
+                )
             return [MoneyDeposited(amount)]
         case Withdraw(amount=amount):
             if not state.exists:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 from eskit_bank import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
     AccountOpened,
+    BalanceLimitExceeded,
     BankAccount,
     BankTotals,
     Deposit,
@@ -65,10 +70,35 @@ def test_balances_view() -> None:
 
 def test_commands_validate_their_fields() -> None:
     """Negative or zero amounts never reach the decider."""
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="between 1 and"):
         Deposit(0)
     with pytest.raises(ValueError, match="initial_balance"):
         OpenAccount(-1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Deposit(MAX_AMOUNT + 1),
+        lambda: Withdraw(2**63 - 1),
+        lambda: OpenAccount(2**63 - 1),
+    ],
+)
+def test_amounts_are_bounded(make: Callable[[], object]) -> None:
+    """An amount above MAX_AMOUNT (such as 2**63-1) is refused before the decider."""
+    with pytest.raises(ValueError, match=f"between [01] and {MAX_AMOUNT}"):
+        make()
+
+
+def test_balance_is_bounded() -> None:
+    """A deposit may take the balance up to MAX_BALANCE, and one beyond it is rejected."""
+    assert MAX_AMOUNT * 1000 == MAX_BALANCE
+    spec.given(AccountOpened(MAX_AMOUNT), *[MoneyDeposited(MAX_AMOUNT)] * 998).when(
+        Deposit(MAX_AMOUNT)
+    ).then_expect(MoneyDeposited(MAX_AMOUNT))
+    spec.given(AccountOpened(MAX_AMOUNT), *[MoneyDeposited(MAX_AMOUNT)] * 999).when(
+        Deposit(1)
+    ).then_error(BalanceLimitExceeded)
 
 
 async def test_open_deposit_withdraw_through_the_handler() -> None:
