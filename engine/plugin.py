@@ -18,8 +18,9 @@ from typing import Any
 
 import attrs
 
-from engine.codec import EventRegistry
+from engine.codec import ORJSON, Codec, EventRegistry, make_converter, type_problems
 from engine.decider import Decider
+from engine.errors import CodecError, PluginError
 from engine.reactor import Reactor
 from engine.stores.base import EventStore, SqlDatabase
 
@@ -161,3 +162,51 @@ class Plugin:
             raise ValueError(f"plugin {self.name!r}: projection names must be unique")
         for reactor_name in self.reactors:
             _check_name(None, attrs.fields(ProjectionDefinition).name, reactor_name)
+        self.check_codec()
+
+    def check_codec(self) -> None:
+        """Check that every event, command and state type of the plugin can be encoded
+        and decoded by the engine's codec, before anything runs.
+
+        Each class's field types are checked without an instance (see
+        :func:`~engine.codec.type_problems`); each decider's initial state is also
+        encoded and decoded for real (as a snapshot would be) and must come back equal.
+
+        Raises:
+            PluginError: One line naming the plugin, the class and the field.
+        """
+        converter = make_converter()
+        checked: set[type] = set()
+        problems: list[str] = []
+
+        def check(kind: str, cls: type) -> None:
+            if cls in checked:
+                return
+            checked.add(cls)
+            for problem in type_problems(cls, converter):
+                problems.append(f"{kind} {cls.__qualname__}: field {problem}")
+
+        for name in self.events.names():
+            check("event", self.events.class_for(name))
+        codec: Codec[Any] = Codec(EventRegistry(), format=ORJSON)
+        for binding in self.commands:
+            for cls in binding.decider.command_types:
+                check("command", cls)
+            state = binding.decider.initial_state()
+            state_type = type(state)
+            check("state", state_type)
+            if problems:
+                continue
+            try:
+                again = codec.decode_value(codec.encode_value(state), state_type)
+            except CodecError as exc:
+                problems.append(f"state {state_type.__qualname__}: {exc}")
+                continue
+            if getattr(state_type, "__eq__", None) is not object.__eq__ and again != state:
+                problems.append(
+                    f"state {state_type.__qualname__}: the initial state does not survive "
+                    f"encoding and decoding ({state!r} came back as {again!r})"
+                )
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise PluginError(f"plugin {self.name!r}: {problems[0]}{more}")

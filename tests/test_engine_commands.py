@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
+from engine import CommandBinding, Decider, EventRegistry, Plugin
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
-from engine.errors import CodecError
+from engine.errors import CodecError, PluginError
 from tests.daemon.test_engine import http, wait_for
 
 
@@ -84,3 +87,108 @@ async def test_a_deposit_of_int64_max_is_refused_and_the_read_model_stays_intege
     await wait_for(engine, "bank.balances")
     status, body = await http(f"{base}/queries/bank/balance?account=acc")
     assert (status, body) == (200, {"account": "acc", "balance": 500})
+
+
+# -- a plugin whose state holds a set --------------------------------------------------
+
+
+@attrs.frozen
+class Lend:
+    copy: str
+
+
+@attrs.frozen
+class Lent:
+    copy: str
+
+
+@attrs.frozen
+class Loans:
+    loans: frozenset[str] = frozenset()
+    since: dt.datetime | None = None
+
+
+def _lend(state: Loans, command: Lend) -> list[Lent]:
+    return [Lent(command.copy)]
+
+
+def _lent(state: Loans, event: Lent) -> Loans:
+    return Loans(state.loans | {event.copy}, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+
+
+def _library(state_type: type = Loans, event_type: type = Lent) -> Plugin:
+    registry = EventRegistry()
+    registry.register(event_type, name="library.Lent")
+    decider: Decider[Any, Any, Any] = Decider(
+        initial_state=state_type, decide=_lend, evolve=_lent, command_types=(Lend,)
+    )
+    return Plugin(
+        name="library",
+        events=registry,
+        commands=[CommandBinding(decider=decider, stream_id=lambda c: "shelf", snapshot_every=1)],
+    )
+
+
+async def test_a_set_in_state_is_snapshotted_and_shown_as_a_list(tmp_path: Path) -> None:
+    """A frozenset state field is saved in snapshots, read back equal, and shown as a JSON
+    list (never a Python repr)."""
+    async with open_engine(config_for(tmp_path), plugins=[_library()]) as engine:
+        base = engine.http_urls[0]
+        for copy in ("copy-2", "copy-1"):
+            status, body = await http(
+                f"{base}/commands/library/Lend", method="POST", body={"data": {"copy": copy}}
+            )
+            assert status == 200, body
+        assert body["state"] == {
+            "loans": ["copy-1", "copy-2"],
+            "since": "2024-01-01T00:00:00+00:00",
+        }
+        snapshot = await engine.store.snapshots(Loans).load_snapshot("shelf")
+    assert snapshot is not None
+    assert (snapshot.version, snapshot.state) == (
+        2,
+        Loans(frozenset({"copy-1", "copy-2"}), dt.datetime(2024, 1, 1, tzinfo=dt.UTC)),
+    )
+
+
+class Opaque:
+    """A type no codec can encode."""
+
+
+@attrs.frozen
+class BadState:
+    handle: Opaque | None = None
+
+
+@attrs.frozen
+class BadEvent:
+    copy: str
+    scores: dict[int, int] = attrs.field(factory=dict)
+
+
+@pytest.mark.parametrize(
+    ("state_type", "event_type", "line"),
+    [
+        (
+            BadState,
+            Lent,
+            "plugin 'library': state BadState: field handle: Opaque is not a type the codec "
+            "can encode and decode",
+        ),
+        (
+            Loans,
+            BadEvent,
+            "plugin 'library': event BadEvent: field scores: mapping keys of type int do not "
+            "survive JSON",
+        ),
+    ],
+)
+def test_a_plugin_with_unencodable_types_fails_at_start_up(
+    state_type: type, event_type: type, line: str
+) -> None:
+    """A plugin whose state or event types cannot be encoded is refused when it is built,
+    with one line naming the class and the field."""
+    with pytest.raises(PluginError) as info:
+        _library(state_type, event_type)
+    assert str(info.value).startswith(line)
+    assert "\n" not in str(info.value)
