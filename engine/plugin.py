@@ -12,7 +12,7 @@ plugin knows which store, bus or node it runs on: the same plugin runs on every 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,10 @@ def _check_name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
         )
 
 
+def _internal(value: bool | Collection[type]) -> bool | frozenset[type]:
+    return value if isinstance(value, bool) else frozenset(value)
+
+
 @attrs.frozen(kw_only=True)
 class CommandBinding:
     """A decider and how the engine finds the stream of each of its commands.
@@ -57,16 +61,38 @@ class CommandBinding:
             otherwise the request names the stream.
         snapshot_every: Save a state snapshot every N events of a stream (0 = never).
         names: Override the HTTP names of command classes (default: the class name).
+        internal: Commands only the plugin's automations may send: ``True`` for all of
+            the decider's commands, or a collection of command classes. The HTTP ingress
+            (and a command forwarded by another node) answers them 404
+            ``unknown_command``, as if they did not exist; reactors send them as usual.
     """
 
     decider: Decider[Any, Any, Any]
     stream_id: Callable[[Any], str] | None = None
     snapshot_every: int = 0
     names: Mapping[type, str] = attrs.field(factory=dict)
+    internal: bool | frozenset[type] = attrs.field(default=False, converter=_internal)
 
     def __attrs_post_init__(self) -> None:
         if not self.decider.command_types:
             raise ValueError("a plugin's decider must declare its command_types")
+        if not isinstance(self.internal, bool):
+            strangers = [cls for cls in self.internal if cls not in self.decider.command_types]
+            if strangers:
+                names = ", ".join(getattr(cls, "__qualname__", repr(cls)) for cls in strangers)
+                raise ValueError(f"internal names commands the decider does not handle: {names}")
+
+    def is_internal(self, cls: type) -> bool:
+        """True when ``cls`` may only be sent by the plugin's automations."""
+        if isinstance(self.internal, bool):
+            return self.internal
+        return cls in self.internal
+
+    def public_command_names(self) -> dict[str, type]:
+        """HTTP name -> command class, for the commands the ingress accepts."""
+        return {
+            name: cls for name, cls in self.command_names().items() if not self.is_internal(cls)
+        }
 
     def command_names(self) -> dict[str, type]:
         """HTTP name -> command class."""

@@ -9,8 +9,10 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
 from engine import CommandBinding, Decider, EventRegistry, Plugin
+from engine.cluster import CommandRequest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
 from engine.errors import CodecError, PluginError
@@ -192,3 +194,66 @@ def test_a_plugin_with_unencodable_types_fails_at_start_up(
         _library(state_type, event_type)
     assert str(info.value).startswith(line)
     assert "\n" not in str(info.value)
+
+
+# -- internal commands ---------------------------------------------------------------
+
+
+async def test_internal_commands_are_unknown_from_outside_and_sent_by_automations(
+    engine: Engine,
+) -> None:
+    """ReserveStock is internal: HTTP and the cluster ingress answer 404 unknown_command
+    (and do not list it), while the reservation automation still sends it."""
+    base = engine.http_urls[0]
+    status, body = await http(
+        f"{base}/commands/orders/ReserveStock",
+        method="POST",
+        body={"stream_id": "inventory-book", "data": {"order_id": "o", "quantity": 1}},
+    )
+    assert status == 404
+    assert body["error"]["code"] == "unknown_command"
+    assert "ReserveStock" in body["error"]["message"]
+    assert (
+        "has: AddItem, CancelOrder, CreateOrder, Restock, ShipOrder, SubmitOrder)"
+        in (body["error"]["message"])
+    )
+    request = CommandRequest(
+        plugin="orders",
+        command="ReserveStock",
+        stream_id="inventory-book",
+        data={"order_id": "o", "quantity": 1},
+        command_id=None,
+    )
+    with pytest.raises(Exception, match="has no command 'ReserveStock'") as info:
+        await engine.handle_local(request)
+    assert engine.describe_error(info.value)[:2] == (404, "unknown_command")
+    assert await engine.store.head_position() == 0
+    for stream_id, command, data in [
+        ("inventory-book", "Restock", {"quantity": 3}),
+        ("order-1", "CreateOrder", {"customer_id": "c-1"}),
+        ("order-1", "AddItem", {"sku": "book", "quantity": 2, "unit_price": 900}),
+        ("order-1", "SubmitOrder", {}),
+    ]:
+        status, body = await http(
+            f"{base}/commands/orders/{command}",
+            method="POST",
+            body={"stream_id": stream_id, "data": data},
+        )
+        assert status == 200, body
+    with trio.fail_after(10):
+        while await engine.store.stream_version("inventory-book") < 2:
+            await engine.runners["orders.reserve-inventory"].wait_caught_up()
+    reserved = (await engine.store.load("inventory-book"))[1]
+    assert reserved.type == "inventory.StockReserved"
+
+
+def test_internal_names_only_the_deciders_commands() -> None:
+    """``internal`` may be True or a set of the decider's own command classes."""
+    decider: Decider[Any, Any, Any] = Decider(
+        initial_state=Loans, decide=_lend, evolve=_lent, command_types=(Lend,)
+    )
+    assert CommandBinding(decider=decider, internal=True).is_internal(Lend)
+    assert not CommandBinding(decider=decider).is_internal(Lend)
+    assert CommandBinding(decider=decider, internal=[Lend]).public_command_names() == {}
+    with pytest.raises(ValueError, match="internal names commands the decider does not handle"):
+        CommandBinding(decider=decider, internal={Lent})

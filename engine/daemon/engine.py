@@ -558,8 +558,11 @@ class Engine:
     ) -> tuple[_Command, Any, str]:
         loaded = self._plugin(plugin)
         entry = loaded.commands.get(command)
-        if entry is None:
-            known = ", ".join(sorted(loaded.commands)) or "none"
+        if entry is None or entry.binding.is_internal(entry.cls):
+            # An internal command is for the plugin's automations: from outside it does
+            # not exist.
+            public = (n for n, e in loaded.commands.items() if not e.binding.is_internal(e.cls))
+            known = ", ".join(sorted(public)) or "none"
             raise HttpError(
                 404,
                 "unknown_command",

@@ -8,6 +8,7 @@ from typing import Any
 from engine import CommandBinding, Plugin, ProjectionContext, ProjectionDefinition, ProjectionSetup
 from eskit_orders.automations import reserve_inventory, ship_digital_orders
 from eskit_orders.decider import order_decider, order_registry
+from eskit_orders.inventory.command import ReserveStock
 from eskit_orders.inventory.decider import inventory_decider
 from eskit_orders.views import OrderStatusBoard
 
@@ -31,7 +32,11 @@ plugin = Plugin(
     name="orders",
     description="Order processing as vertical slices; an order list; stock reservation; digital orders ship themselves.",
     events=order_registry(),
-    commands=[CommandBinding(decider=order_decider), CommandBinding(decider=inventory_decider)],
+    commands=[
+        CommandBinding(decider=order_decider),
+        # Stock is reserved by the reserve-inventory automation only, never over HTTP.
+        CommandBinding(decider=inventory_decider, internal={ReserveStock}),
+    ],
     projections=[ProjectionDefinition(name="order-list", setup=order_list)],
     reactors={"ship-digital": ship_digital_orders, "reserve-inventory": reserve_inventory},
 )
