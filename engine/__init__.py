@@ -47,6 +47,7 @@ from engine.errors import (
     StorageFullError,
     UnknownCommandError,
     UnknownEventTypeError,
+    UnknownStreamError,
 )
 from engine.events import Event, ExpectedVersion, NewEvent
 from engine.handler import (
@@ -144,6 +145,7 @@ __all__ = [
     "StorageFullError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownStreamError",
     "View",
     "ViewProjection",
     "combine",

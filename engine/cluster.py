@@ -43,6 +43,7 @@ import trio
 
 from engine.drivers.nats import InMsg, NatsConnection, NoRespondersError, StoredMsg
 from engine.errors import EskitError, LockNotHeldError
+from engine.groups import unwrap_lone_errors
 from engine.locks.base import LockRegistry
 
 __all__ = [
@@ -458,6 +459,7 @@ class ClusterRouter:
         return {"result": result}
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_cluster_router(
     connection: NatsConnection,

@@ -28,6 +28,7 @@ __all__ = [
     "StorageFullError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownStreamError",
 ]
 
 
@@ -187,6 +188,12 @@ class NotFoundError(EskitError, LookupError):
     """A query found nothing for what was asked (HTTP 404)."""
 
     code = "not_found"
+
+
+class UnknownStreamError(NotFoundError):
+    """A stream has no events: it was never written to (HTTP 404)."""
+
+    code = "unknown_stream"
 
 
 class InvalidParameterError(EskitError, ValueError):

@@ -77,6 +77,7 @@ EXPECTED_API = [
     "StorageFullError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownStreamError",
     "View",
     "ViewProjection",
     "combine",

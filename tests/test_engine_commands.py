@@ -15,7 +15,7 @@ from engine import CommandBinding, Decider, EventRegistry, Plugin
 from engine.cluster import CommandRequest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
-from engine.errors import CodecError, PluginError
+from engine.errors import CodecError, PluginError, UnknownStreamError
 from tests.daemon.test_engine import http, wait_for
 
 
@@ -257,3 +257,30 @@ def test_internal_names_only_the_deciders_commands() -> None:
     assert CommandBinding(decider=decider, internal=[Lend]).public_command_names() == {}
     with pytest.raises(ValueError, match="internal names commands the decider does not handle"):
         CommandBinding(decider=decider, internal={Lent})
+
+
+# -- reading streams -----------------------------------------------------------------
+
+
+async def test_an_unknown_stream_is_a_404_and_a_page_past_the_end_is_empty(
+    engine: Engine,
+) -> None:
+    """GET /streams/<never written> answers 404 unknown_stream; a stream with events paged
+    past its end answers 200 with no events."""
+    base = engine.http_urls[0]
+    status, body = await http(f"{base}/streams/ghost")
+    assert (status, body["error"]["code"]) == (404, "unknown_stream")
+    status, body = await http(f"{base}/streams/ghost?after=3")
+    assert (status, body["error"]["code"]) == (404, "unknown_stream")
+    with pytest.raises(UnknownStreamError):
+        await engine.read_stream("ghost", after=0, limit=10)
+    status, _ = await http(
+        f"{base}/commands/bank/OpenAccount",
+        method="POST",
+        body={"stream_id": "acc", "data": {"initial_balance": 1}},
+    )
+    assert status == 200
+    status, body = await http(f"{base}/streams/acc?after=1")
+    assert (status, body) == (200, {"stream_id": "acc", "events": []})
+    status, body = await http(f"{base}/streams/acc")
+    assert [e["version"] for e in body["events"]] == [1]

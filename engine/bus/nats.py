@@ -37,6 +37,7 @@ from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER
 from engine.bus.channel import ChannelSubscription, Subscriber, local_subscription
 from engine.drivers.nats import NatsConnection, NatsStatistics, Subscription, open_nats
 from engine.events import Event
+from engine.groups import unwrap_lone_errors
 
 __all__ = [
     "DEFAULT_BUS_NAMESPACE",
@@ -208,6 +209,7 @@ def _reconnected_since(seen: int, stats: NatsStatistics) -> bool:
     return stats.reconnects > seen and stats.connected
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_nats_event_bus(
     url_or_connection: str | NatsConnection,

@@ -44,8 +44,15 @@ from engine.daemon.http import HttpError, HttpIngress, serve_http, status_for
 from engine.daemon.plugins import load_plugins
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
-from engine.errors import CodecError, ConfigError, DuplicateEventTypeError, PluginError
+from engine.errors import (
+    CodecError,
+    ConfigError,
+    DuplicateEventTypeError,
+    PluginError,
+    UnknownStreamError,
+)
 from engine.events import Event
+from engine.groups import unwrap_lone_errors
 from engine.handler import CommandHandler
 from engine.locks.base import LockRegistry
 from engine.locks.memory import MemoryLockRegistry
@@ -140,6 +147,7 @@ def nats_connect_options(nats: NatsConfig) -> dict[str, Any]:
     return options
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_nats_from_config(config: Config) -> AsyncIterator[NatsConnection | None]:
     """The engine's one NATS connection, or ``None`` when nothing needs NATS.
@@ -624,8 +632,15 @@ class Engine:
         return self._plain(await func(params))
 
     async def read_stream(self, stream_id: str, *, after: int, limit: int) -> dict[str, Any]:
-        """A page of one stream's events, as JSON-ready dicts."""
+        """A page of one stream's events, as JSON-ready dicts.
+
+        Raises:
+            UnknownStreamError: The stream has no events at all (a page past the end of
+                a stream that has events is empty, not an error).
+        """
         events = await self.store.load(stream_id, after_version=after, limit=limit)
+        if not events and (after <= 0 or await self.store.stream_version(stream_id) == 0):
+            raise UnknownStreamError(f"no stream {stream_id!r}: it has no events")
         return {"stream_id": stream_id, "events": [self.event_json(e) for e in events]}
 
     async def read_log(self, *, after: int, limit: int) -> dict[str, Any]:
@@ -844,6 +859,7 @@ async def _setup(
     return setup
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_engine(
     config: Config, *, plugins: Sequence[Plugin] | None = None

@@ -71,6 +71,7 @@ from engine.drivers.postgres import (
 )
 from engine.errors import EskitError
 from engine.events import utc_now
+from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 from engine.stores.pg_support import (
     GroupRequest,
@@ -377,6 +378,7 @@ class PostgresDcbStore(Generic[E]):
         )
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_postgres_dcb_store(
     dsn: str,

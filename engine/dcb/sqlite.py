@@ -67,6 +67,7 @@ from engine.drivers.sqlite import (
     open_sqlite,
 )
 from engine.events import utc_now
+from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
@@ -392,6 +393,7 @@ def _migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS.applied(db))
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_sqlite_dcb_store(
     target: str | PathLike[str] | SqliteDatabase,

@@ -45,6 +45,8 @@ import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from engine.groups import unwrap_lone_errors
+
 __all__ = [
     "BATCH_COMMIT",
     "BATCH_ID",
@@ -845,6 +847,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
+@unwrap_lone_errors
 @contextlib.asynccontextmanager
 async def open_nats(
     url: str | list[str],

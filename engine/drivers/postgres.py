@@ -50,6 +50,8 @@ import trio
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from engine.groups import unwrap_lone_errors
+
 __all__ = [
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_CLOSE_GRACE",
@@ -249,6 +251,7 @@ def _configure(conn: PgConnection) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_pg_pool(
     dsn: str,
@@ -499,6 +502,7 @@ def _select_one(conn: PgConnection) -> None:
     conn.execute("SELECT 1")
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_pg_session(
     dsn: str,

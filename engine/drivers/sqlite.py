@@ -44,6 +44,8 @@ import attrs
 import outcome
 import trio
 
+from engine.groups import unwrap_lone_errors
+
 __all__ = [
     "DEFAULT_BUSY_SLICE",
     "DEFAULT_CLOSE_GRACE",
@@ -514,6 +516,7 @@ def _open_connections(
     return writer, opened, journal_mode, _SYNCHRONOUS_NAMES.get(level, str(level))
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_sqlite(
     path: str | PathLike[str],

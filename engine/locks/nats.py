@@ -58,6 +58,7 @@ from engine.drivers.nats import (
     open_nats,
 )
 from engine.errors import EskitError, LockNotHeldError
+from engine.groups import unwrap_lone_errors
 from engine.locks.base import Lease
 
 __all__ = [
@@ -480,6 +481,7 @@ class NATSLockRegistry:
             revision = entry.sequence  # our own renewal, cut short, got through
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_nats_lock_registry(
     url_or_connection: str | NatsConnection,

@@ -53,6 +53,7 @@ from engine.drivers.postgres import (
     run_pg_listener,
 )
 from engine.errors import EskitError, LockNotHeldError
+from engine.groups import unwrap_lone_errors
 from engine.locks.base import Lease
 
 __all__ = [
@@ -450,6 +451,7 @@ class PgLockRegistry:
             delay = min(delay * 2, _MAX_RECONNECT)
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_pg_lock_registry(
     dsn: str,

@@ -66,6 +66,7 @@ from engine.events import (
     utc_now,
     validate_stream_id,
 )
+from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT
 from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
 from engine.stores.nats_kv import (
@@ -704,6 +705,7 @@ async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
                 raise
 
 
+@unwrap_lone_errors
 @contextlib.asynccontextmanager
 async def open_nats_store(
     url_or_connection: str | NatsConnection,

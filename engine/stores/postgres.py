@@ -58,6 +58,7 @@ from engine.errors import (
     IdempotencyConflictError,
 )
 from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_stream_id
+from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import decode_event, encode_batch
 from engine.stores.pg_support import GroupRequest, GroupWriter, HeadTracker, translate
@@ -421,6 +422,7 @@ def append_in_transaction(
     return fetch_idempotent(codec, q, idempotency_key, conn) or []
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_postgres_store(
     dsn: str,

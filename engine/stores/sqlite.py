@@ -60,6 +60,7 @@ from engine.events import (
     utc_now,
     validate_stream_id,
 )
+from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import EncodedNewEvent, decode_event, decode_row, encode_batch
 from engine.stores.sqlite_transactional import SqliteTransactionalStore
@@ -560,6 +561,7 @@ class SqliteSnapshotStore(Generic[S]):
         return await self._db.read(query)
 
 
+@unwrap_lone_errors
 @asynccontextmanager
 async def open_sqlite_store(
     path: str | PathLike[str],
