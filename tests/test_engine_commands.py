@@ -16,6 +16,7 @@ from engine.cluster import CommandRequest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
 from engine.errors import CodecError, PluginError, UnknownStreamError
+from tests.conftest import NatsTarget, PgTarget
 from tests.daemon.test_engine import http, wait_for
 
 
@@ -35,6 +36,53 @@ def config_for(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
     async with open_engine(config_for(tmp_path)) as running:
         yield running
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "nats"])
+def store_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``[store]`` (and ``[nats]``) config of one backend on real servers."""
+    if request.param in ("memory", "sqlite"):
+        return {"store": {"backend": request.param}}
+    if request.param == "postgres":
+        pg: PgTarget = request.getfixturevalue("pg")
+        return {"store": {"backend": "postgres", "dsn": pg.dsn, "schema": pg.schema}}
+    nats: NatsTarget = request.getfixturevalue("nats")
+    return {"store": {"backend": "nats", "namespace": nats.namespace}, "nats": {"url": nats.url}}
+
+
+#: Rounds of concurrent copies, and copies per round, in the HTTP idempotency test.
+ROUNDS, COPIES = 8, 10
+
+
+async def test_concurrent_copies_over_http_all_answer_the_original(
+    tmp_path: Path, store_section: dict[str, Any]
+) -> None:
+    """Ten HTTP clients sending one OpenAccount with one command_id at once, round after
+    round: one event per round, and every client gets 200 with that event (never 422
+    account_already_exists)."""
+    async with open_engine(config_for(tmp_path, **store_section)) as engine:
+        url = f"{engine.http_urls[0]}/commands/bank/OpenAccount"
+        for round_ in range(ROUNDS):
+            body = {
+                "stream_id": f"acc-{round_}",
+                "data": {"initial_balance": 100},
+                "command_id": f"open-{round_}",
+            }
+            replies: list[tuple[int, Any]] = []
+
+            async def send(body: dict[str, Any], replies: list[tuple[int, Any]]) -> None:
+                replies.append(await http(url, method="POST", body=body))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(COPIES):
+                    nursery.start_soon(send, body, replies)
+            assert [status for status, _ in replies] == [200] * COPIES, (round_, replies)
+            stored = await engine.store.load(f"acc-{round_}")
+            assert len(stored) == 1
+            assert {reply["events"][0]["event_id"] for _, reply in replies} == {
+                str(stored[0].event_id)
+            }
+            assert sum(not reply["duplicate"] for _, reply in replies) <= 1
 
 
 @pytest.mark.parametrize(
