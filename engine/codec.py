@@ -145,6 +145,7 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook_factory(_is_plain_literal, _strict_literal)
     converter.register_unstructure_hook(uuid.UUID, str)
     converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(str(value)))
     converter.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
@@ -213,6 +214,26 @@ def _strict_bool(value: Any, _: Any) -> bool:
     if type(value) is not bool:
         raise ValueError(f"expected true or false, {_got(value)}")
     return value
+
+
+def _is_plain_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal and all(
+        type(choice) in (str, int, bool, type(None)) for choice in typing.get_args(tp)
+    )
+
+
+def _strict_literal(tp: Any) -> Callable[[Any, Any], Any]:
+    # cattrs checks ``value in choices``, where True == 1 == 1.0: compare types too.
+    choices = typing.get_args(tp)
+    shown = ", ".join(str(choice) for choice in choices)
+
+    def structure(value: Any, _: Any) -> Any:
+        for choice in choices:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        raise ValueError(f"must be one of {shown} (got {value!r})")
+
+    return structure
 
 
 @attrs.frozen
@@ -492,6 +513,8 @@ def _format_problem(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return "unknown key(s) " + ", ".join(sorted(exc.extra_fields))
     if typing.get_origin(type_) is Literal:
+        if isinstance(exc, ValueError):
+            return str(exc)  # the strict literal hook's own wording
         choices = ", ".join(str(choice) for choice in typing.get_args(type_))
         value = str(exc).split(" not in literal", 1)[0]
         return f"must be one of {choices} (got {value!r})"

@@ -9,7 +9,7 @@ import enum
 import json
 import pickle
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -276,6 +276,7 @@ class Typed:
     label: str
     flag: bool
     counts: list[int] = attrs.field(factory=list)
+    level: Literal[1, 2] = 1
 
 
 @pytest.mark.parametrize(
@@ -291,6 +292,9 @@ class Typed:
         ({"flag": 1}, "flag: expected true or false, got an integer 1"),
         ({"flag": "false"}, 'flag: expected true or false, got a string "false"'),
         ({"counts": [1, 2.5]}, "counts[1]: expected an integer, got a number 2.5"),
+        ({"level": True}, "level: must be one of 1, 2 (got True)"),
+        ({"level": 2.0}, "level: must be one of 1, 2 (got 2.0)"),
+        ({"level": 3}, "level: must be one of 1, 2 (got 3)"),
     ],
 )
 def test_structuring_never_coerces_scalars(payload: dict[str, Any], problem: str) -> None:
@@ -302,6 +306,10 @@ def test_structuring_never_coerces_scalars(payload: dict[str, Any], problem: str
     assert explain_structure_error(info.value, path="data") == [f"data.{problem}"]
 
 
+def good_typed() -> dict[str, Any]:
+    return {"count": 1, "ratio": 0.5, "label": "x", "flag": True}
+
+
 def test_structuring_takes_the_right_types() -> None:
     """Integers, numbers (an integer for a float field), strings and booleans go through."""
     converter = make_converter()
@@ -309,6 +317,7 @@ def test_structuring_takes_the_right_types() -> None:
         {"count": 3, "ratio": 2, "label": "x", "flag": False, "counts": [1, 2]}, Typed
     )
     assert value == Typed(3, 2.0, "x", False, [1, 2])
+    assert converter.structure({**good_typed(), "level": 2}, Typed).level == 2
     assert type(value.ratio) is float
 
 
