@@ -18,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from engine.codec import ORJSON, Codec, EventRegistry, make_converter, type_problems
+from engine.codec import ORJSON, Codec, EventRegistry, make_converter
+from engine.codec_types import type_problems
 from engine.decider import Decider
 from engine.errors import CodecError, PluginError
 from engine.reactor import Reactor
@@ -195,7 +196,7 @@ class Plugin:
         and decoded by the engine's codec, before anything runs.
 
         Each class's field types are checked without an instance (see
-        :func:`~engine.codec.type_problems`); each decider's initial state is also
+        :func:`~engine.codec_types.type_problems`); each decider's initial state is also
         encoded and decoded for real (as a snapshot would be) and must come back equal.
 
         Raises:

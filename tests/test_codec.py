@@ -27,7 +27,8 @@ from engine import (
     NewEvent,
     make_converter,
 )
-from engine.codec import explain_structure_error, type_problems
+from engine.codec import explain_structure_error
+from engine.codec_types import type_problems
 from engine.errors import DuplicateEventTypeError, UnknownEventTypeError
 from engine.events import Event
 from engine.stores.encoding import build_event, uuid_from_bytes
