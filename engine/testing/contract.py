@@ -15,6 +15,9 @@ Tests run under pytest-trio.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
 import random
 import unicodedata
 import uuid
@@ -80,6 +83,24 @@ class Tally:
 
     total: int
     names: tuple[str, ...] = ()
+
+
+class Kind(enum.Enum):
+    """An enum in a snapshot state."""
+
+    BOOK = "book"
+    DISC = "disc"
+
+
+@attrs.frozen
+class Shelf:
+    """A snapshot state with the types JSON does not have."""
+
+    loans: frozenset[str]
+    members: set[uuid.UUID]
+    kinds: tuple[Kind, ...]
+    opened: dt.datetime
+    fines: decimal.Decimal
 
 
 @attrs.frozen
@@ -559,6 +580,23 @@ class EventStoreContract:
             await snapshots.save_snapshot(Snapshot("other", 1, Tally(1), schema=1))
             latest = await snapshots.load_snapshot("s")
         assert latest == Snapshot("s", 20, Tally(20, ("a", "b")), schema=2)
+
+    async def test_snapshots_carry_sets_enums_dates_decimals_and_uuids(
+        self, backend: Backend
+    ) -> None:
+        """A state with a set, a frozenset, a tuple, an enum, a datetime, a Decimal and a
+        UUID is saved and loaded back equal."""
+        state = Shelf(
+            loans=frozenset({"copy-2", "copy-1"}),
+            members={uuid.UUID(int=7)},
+            kinds=(Kind.BOOK, Kind.DISC),
+            opened=dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC),
+            fines=decimal.Decimal("12.50"),
+        )
+        async with backend.open_snapshots(contract_codec(), Shelf) as snapshots:
+            await snapshots.save_snapshot(Snapshot("shelf", 3, state))
+            loaded = await snapshots.load_snapshot("shelf")
+        assert loaded == Snapshot("shelf", 3, state)
 
     async def test_checkpoints_compare_and_set(self, backend: Backend) -> None:
         """Checkpoints save only over the value the writer read; a stale writer fails."""
