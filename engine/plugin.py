@@ -11,6 +11,7 @@ plugin knows which store, bus or node it runs on: the same plugin runs on every 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -210,8 +211,11 @@ class Plugin:
             if cls in checked:
                 return
             checked.add(cls)
+            # An attrs class's or dataclass's problems start with the field's path.
+            fields = attrs.has(cls) or dataclasses.is_dataclass(cls)
             for problem in type_problems(cls, converter):
-                problems.append(f"{kind} {cls.__qualname__}: field {problem}")
+                where = "field " if fields else ""
+                problems.append(f"{kind} {cls.__qualname__}: {where}{problem}")
 
         for name in self.events.names():
             check("event", self.events.class_for(name))
