@@ -330,5 +330,6 @@ async def test_an_unknown_stream_is_a_404_and_a_page_past_the_end_is_empty(
     assert status == 200
     status, body = await http(f"{base}/streams/acc?after=1")
     assert (status, body) == (200, {"stream_id": "acc", "events": []})
+    assert await engine.read_stream("acc", after=0, limit=0) == {"stream_id": "acc", "events": []}
     status, body = await http(f"{base}/streams/acc")
     assert [e["version"] for e in body["events"]] == [1]

@@ -639,7 +639,9 @@ class Engine:
                 a stream that has events is empty, not an error).
         """
         events = await self.store.load(stream_id, after_version=after, limit=limit)
-        if not events and (after <= 0 or await self.store.stream_version(stream_id) == 0):
+        # No events from the start of a page of at least one: the stream has none.
+        settled = after <= 0 and limit > 0
+        if not events and (settled or await self.store.stream_version(stream_id) == 0):
             raise UnknownStreamError(f"no stream {stream_id!r}: it has no events")
         return {"stream_id": stream_id, "events": [self.event_json(e) for e in events]}
 
