@@ -6,6 +6,7 @@ Every error carries structured attributes (never parse ``str(error)``) and a sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "EskitError",
     "EventTooLargeError",
     "IdempotencyConflictError",
+    "InvalidCommandError",
     "InvalidParameterError",
     "InvalidStreamIdError",
     "LockNotHeldError",
@@ -155,6 +157,24 @@ class CodecError(EskitError, ValueError):
     """An event or state could not be encoded or decoded."""
 
     code = "codec_error"
+
+
+class InvalidCommandError(CodecError):
+    """A command's data does not fit its class (HTTP 400 ``codec_error``).
+
+    Attributes:
+        command: The command's name.
+        problems: One ``key.path: problem`` line per problem (``data.amount: expected an
+            integer, got a number 5.7``).
+    """
+
+    def __init__(self, command: str, problems: Sequence[str]) -> None:
+        super().__init__(command, tuple(problems))
+        self.command = command
+        self.problems = tuple(problems)
+
+    def __str__(self) -> str:
+        return f"invalid {self.command} command: {'; '.join(self.problems)}"
 
 
 class UnknownEventTypeError(CodecError, LookupError):

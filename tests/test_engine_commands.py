@@ -15,7 +15,7 @@ from engine import CommandBinding, Decider, EventRegistry, Plugin
 from engine.cluster import CommandRequest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
-from engine.errors import CodecError, PluginError, UnknownStreamError
+from engine.errors import CodecError, InvalidCommandError, PluginError, UnknownStreamError
 from tests.conftest import NatsTarget, PgTarget
 from tests.daemon.test_engine import http, wait_for
 
@@ -97,10 +97,14 @@ async def test_lossy_numbers_are_refused_naming_the_field(
     engine: Engine, data: dict[str, Any], problem: str
 ) -> None:
     """5.7, true or "5" for an int field is a 400 naming the field, and nothing is stored."""
-    with pytest.raises(CodecError, match=problem):
+    with pytest.raises(InvalidCommandError, match=problem) as info:
         await engine.send_command(
             "bank", "OpenAccount", stream_id="acc", data=data, command_id=None
         )
+    assert isinstance(info.value, CodecError)
+    assert info.value.command == "OpenAccount"
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(problem)
     status, body = await http(
         f"{engine.http_urls[0]}/commands/bank/OpenAccount",
         method="POST",

@@ -45,9 +45,9 @@ from engine.daemon.plugins import load_plugins
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import (
-    CodecError,
     ConfigError,
     DuplicateEventTypeError,
+    InvalidCommandError,
     PluginError,
     UnknownStreamError,
 )
@@ -579,8 +579,7 @@ class Engine:
         try:
             value: Any = self._commands_converter.structure(dict(data), entry.cls)
         except Exception as exc:
-            details = "; ".join(explain_structure_error(exc, path="data"))
-            raise CodecError(f"invalid {command} command: {details}") from None
+            raise InvalidCommandError(command, explain_structure_error(exc, path="data")) from None
         if stream_id is None:
             if entry.binding.stream_id is None:
                 raise HttpError(400, "stream_id_required", f"{command} needs a stream_id")
