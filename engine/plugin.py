@@ -111,11 +111,19 @@ class ProjectionSetup:
             runner's checkpoint is saved in the store. An in-memory read model is not
             durable: it is rebuilt from the start of the log on every start, and its
             checkpoint is kept in memory so that it is never skipped ahead.
+        shared: For a durable read model: every node can read it (a table in the
+            store's database, an external database), so a node whose runner stands by
+            answers its queries (and waits for positions on the checkpoint the active
+            node saves). When False, only the node whose runner is active has the read
+            model, and the others refuse its queries with ``not_active``. By default
+            True for a :class:`~engine.runners.base.TransactionalProjection` (its
+            tables are in the store's database), False otherwise.
     """
 
     handler: Any
     queries: Mapping[str, Query] = attrs.field(factory=dict)
     durable: bool = False
+    shared: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
