@@ -48,6 +48,7 @@ from engine.errors import (
     CodecError,
     ConfigError,
     DuplicateEventTypeError,
+    NotActiveError,
     NotCaughtUpError,
     PluginError,
 )
@@ -619,8 +620,9 @@ class Engine:
 
         Raises:
             NotCaughtUpError: The read model did not reach ``wait_for_position`` in time.
-            HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``,
-                503 ``not_active`` for a read model only the active node has.
+            NotActiveError: The read model is kept only on the node whose runner is
+                active, and this node's runner stands by.
+            HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``.
         """
         loaded = self._plugin(plugin)
         func = loaded.queries.get(query)
@@ -645,14 +647,7 @@ class Engine:
             entry = self.projections[runner_name]
             if entry.leased and runner.following:
                 if not entry.shared:
-                    owner = await self.locks.owner(runner.lease_key)
-                    where = "no node yet" if owner is None else f"node {owner!r}"
-                    raise HttpError(
-                        503,
-                        "not_active",
-                        f"{runner_name} is kept on the node whose runner is active ({where}),"
-                        " not on this one: ask that node",
-                    )
+                    raise NotActiveError(runner_name, await self.locks.owner(runner.lease_key))
                 # Serve (and wait on) the version switched to elsewhere, if any.
                 await self.follow_projection(runner_name)
                 func = loaded.queries[query]
