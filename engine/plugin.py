@@ -20,7 +20,7 @@ import attrs
 
 from engine.codec import EventRegistry
 from engine.decider import Decider
-from engine.reactor import Reactor
+from engine.reactor import START_POSITIONS, Reactor, Start
 from engine.stores.base import EventStore, SqlDatabase
 
 __all__ = [
@@ -128,11 +128,24 @@ class ProjectionSetup:
 
 @attrs.frozen(kw_only=True)
 class ProjectionDefinition:
-    """A named read model: ``setup(context)`` builds it when the engine starts."""
+    """A named read model: ``setup(context)`` builds it when the engine starts.
+
+    Args:
+        name: The projection's name (``plugin.name`` in URLs and ``/runners``).
+        setup: Builds the read model for a :class:`ProjectionContext`.
+        version: The read model's code version: bump it when its shape or meaning
+            changes, and the engine builds it anew from the start of the log.
+        start: Where its runner starts with no checkpoint yet: ``"beginning"`` (the
+            whole log) or ``"end"`` (only events stored after it first starts; an
+            in-memory read model, which starts without a checkpoint every time,
+            then sees only what is stored after each start). A rebuild always reads
+            the whole log.
+    """
 
     name: str = attrs.field(validator=_check_name)
     setup: Callable[[ProjectionContext], ProjectionSetup | Awaitable[ProjectionSetup]]
     version: int = 1
+    start: Start = attrs.field(default="beginning", validator=attrs.validators.in_(START_POSITIONS))
 
 
 @attrs.frozen(kw_only=True)

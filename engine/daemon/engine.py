@@ -88,6 +88,7 @@ from engine.runners.base import (
     OnFailure,
     RunnerState,
     RunnerStatistics,
+    StartAt,
     TransactionalProjection,
 )
 from engine.runners.memory import MemoryDeadLetterStore
@@ -1132,6 +1133,7 @@ async def open_engine(
                     # model may resume from a stored checkpoint (under a lease).
                     checkpoints=entry.versions.checkpoints,
                     locks=locks if entry.leased else None,
+                    start_at=StartAt(definition.start),
                     **common,
                 )
             for reactor_name, reactor in plugin.reactors.items():
@@ -1145,6 +1147,7 @@ async def open_engine(
                     handler=registry.handle,
                     checkpoints=checkpoints,
                     locks=locks,
+                    start_at=StartAt(reactor.start),
                     **common,
                 )
 
