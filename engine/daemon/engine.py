@@ -843,10 +843,14 @@ class Engine:
         if not entry.leased or not isinstance(runner, ProjectionRunner):
             await trio.lowlevel.checkpoint()
             return False
+        # A code version's live version only ever grows (each rebuild takes a new,
+        # higher one), so a stale read can never switch a node back.
+        live = await entry.versions.live(name, entry.definition.version)
+        if live is None or live <= runner.version:
+            return False  # the common case: no lock, so queries never queue here
         async with entry.switching:
-            live = await entry.versions.live(name, entry.definition.version)
             rebuilding = (self.rebuilds.get(name) or {}).get("state") == "running"
-            if live is None or live == runner.version or rebuilding:
+            if live <= runner.version or rebuilding:
                 return False
             loaded = self.plugins[entry.plugin]
             setup = await _setup(entry.definition.setup, attrs.evolve(entry.context, version=live))
