@@ -115,6 +115,8 @@ class Runner(Generic[E]):
     # switch handlers between two batches.
     _batch_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _visibility_delay: float = attrs.field(default=_VISIBILITY_DELAY, init=False)
+    # Set while a standby runner reads the shared checkpoint (see refresh).
+    _reading: trio.Event | None = attrs.field(default=None, init=False)
     # (bucket number, events) for the rate statistic, oldest first.
     _recent: collections.deque[tuple[int, int]] = attrs.field(
         factory=lambda: collections.deque(maxlen=_RATE_BUCKETS + 1), init=False
@@ -220,9 +222,18 @@ class Runner(Generic[E]):
         if not self.following:
             await trio.lowlevel.checkpoint()
             return track.stored or 0
-        stored = await track.sink.load(track.key)
-        if head:
-            self._head = max(self._head, await self.store.head_position())
+        if self._reading is not None:
+            # Many waiters, one read: share the one in flight.
+            await self._reading.wait()
+            return self._live.stored or 0
+        self._reading = reading = trio.Event()
+        try:
+            stored = await track.sink.load(track.key)
+            if head:
+                self._head = max(self._head, await self.store.head_position())
+        finally:
+            self._reading = None
+            reading.set()
         # Only while still standing by: an active runner's own view is authoritative
         # (its compare-and-set expects it), and a switch may have replaced the track.
         if (

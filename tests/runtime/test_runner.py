@@ -566,9 +566,18 @@ async def test_a_standby_runner_waits_on_the_active_runners_checkpoint(
         assert b.statistics().checkpoint == 0
         with trio.fail_after(1):
             assert await b.wait_caught_up(3) == 3
-        await bus.publish(await append(store, 2, start=3))
+        reached: list[int] = []
+
+        async def wait_on_b() -> None:
+            reached.append(await b.wait_caught_up(5))
+
         with trio.fail_after(1):
-            assert await b.wait_caught_up(5) == 5
+            async with trio.open_nursery() as waiters:
+                for _ in range(10):  # many waiters at once share the checkpoint reads
+                    waiters.start_soon(wait_on_b)
+                await trio.testing.wait_all_tasks_blocked()
+                await bus.publish(await append(store, 2, start=3))
+        assert reached == [5] * 10
         await append(store, 1, start=5)
         await a.wait_caught_up(6)
         assert await b.refresh(head=True) == 6
