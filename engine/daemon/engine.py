@@ -651,13 +651,16 @@ class Engine:
                     raise NotActiveError(runner_name, await self.locks.owner(runner.lease_key))
                 # Serve (and wait on) the version switched to elsewhere, if any.
                 await self.follow_projection(runner_name)
-                func = loaded.queries[query]
             if position is not None:
                 with trio.move_on_after(READ_YOUR_WRITES_TIMEOUT) as waited:
                     await runner.wait_caught_up(position)
                 if waited.cancelled_caught:
                     reached = runner.statistics().checkpoint
                     raise NotCaughtUpError(position, reached, what=runner_name)
+            # Looked up again after the waits: a switch to another version while this
+            # query waited swapped the query with the checkpoint it waited on (the one
+            # looked up before would read the old version's tables, fed no more).
+            func = loaded.queries[query]
         return self._plain(await func(params))
 
     async def read_stream(self, stream_id: str, *, after: int, limit: int) -> dict[str, Any]:

@@ -225,3 +225,49 @@ async def test_a_read_model_only_the_active_node_has_is_refused_elsewhere(
         # The shared read model of the same plugin answers on both.
         for node in (a, b):
             assert (await read_balance(node, "acc-0", position))[0] == 200
+
+
+async def test_concurrent_clients_read_their_writes_on_both_nodes_through_a_rebuild(
+    tmp_path: Path, pg: PgTarget, nats: NatsTarget
+) -> None:
+    """Four clients, each with its own account, deposit on one node and read their
+    balance back from the other (wait_for_position) while the active node rebuilds the
+    read model: every read is exact, on the standby as on the active node."""
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            open_node(node_config(tmp_path, "a", pg, nats), _bank(1))
+        )
+        await wait_state(a, RUNNER, "live")
+        b = await stack.enter_async_context(
+            open_node(node_config(tmp_path, "b", pg, nats), _bank(1))
+        )
+        reads = {"a": 0, "b": 0}
+
+        async def client(index: int) -> None:
+            account = f"client-{index}"
+            total = 0
+            for round_ in range(12):  # bounded
+                writer, reader = ((a, b), (b, a))[(index + round_) % 2]
+                amount = 1 + index + round_
+                position = await deposit(writer, account, amount, open_=round_ == 0)
+                total += amount
+                status, body = await read_balance(reader, account, position)
+                assert (status, body) == (200, {"account": account, "balance": total}), (
+                    reader.config.engine.node_id
+                )
+                reads[reader.config.engine.node_id] += 1
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for index in range(4):
+                    nursery.start_soon(client, index)
+                await trio.sleep(0.05)  # the clients are under way
+                status, started = await http(
+                    f"{a.http_urls[0]}/projections/{RUNNER}/rebuild", method="POST"
+                )
+                assert status == 202, started
+        assert reads == {"a": 24, "b": 24}
+        assert a.rebuilds[RUNNER]["state"] == "done", a.rebuilds[RUNNER]
+        assert a.runners_status()[RUNNER]["version"] == 2
+        await b.follow_projection(RUNNER)
+        assert b.runners_status()[RUNNER]["version"] == 2

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from engine import Event, Plugin, ProjectionContext, ProjectionDefinition, ProjectionSetup
 from engine.__main__ import main
@@ -251,3 +252,41 @@ async def test_a_rebuild_cut_short_by_a_stop_is_never_resumed_into(
         assert (await _rebuilt(engine, "bank.balances"))["state"] == "done"
         await wait_for(engine, "bank.balances")
         assert {a: await _balance(engine, a) for a in expected} == expected
+
+
+async def test_a_query_waiting_across_the_switch_answers_from_the_new_version(
+    tmp_path: Path,
+) -> None:
+    """A read-your-writes query whose wait ends with the switch to the rebuilt version
+    answers from that version, never from the old one (which stopped before its
+    position and is fed no more)."""
+    gate = trio.Event()
+    config = config_for(tmp_path, store={"backend": "memory"}, http={"enabled": False})
+    async with open_engine(config, plugins=[_gated_plugin(gate)]) as engine:
+        runner = engine.runners["bank.counter"]
+        await engine.send_command(
+            "bank", "OpenAccount", stream_id="a", data={"initial_balance": 1}, command_id=None
+        )
+        await wait_for(engine, "bank.counter")
+        await engine.rebuild_projection("bank.counter")
+        await trio.testing.wait_all_tasks_blocked()  # version 2 waits at the gate
+        answers: list[Any] = []
+
+        async def read() -> None:
+            answers.append(await engine.run_query("bank", "count", {"wait_for_position": "2"}))
+
+        # Hold the live loop between two batches (what the rebuild's switch does) so that
+        # the order is: the rebuild queues for the switch, then the live loop, then a
+        # query waits for an event only the rebuild will have handled. (trio's locks
+        # are fair: they are handed over in that order.)
+        async with trio.open_nursery() as nursery, runner._batch_lock:
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            await engine.send_command(
+                "bank", "Deposit", stream_id="a", data={"amount": 1}, command_id=None
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == []
+        assert answers == [{"version": 2, "count": 2}]
