@@ -776,7 +776,10 @@ class Engine:
             status["version"] = await entry.versions.allocate(name, above=runner.version)
             status["head"] = await self.store.head_position()
         except BaseException:
-            del self.rebuilds[name]
+            if current is None:
+                del self.rebuilds[name]
+            else:
+                self.rebuilds[name] = current
             raise
         self._background.start_soon(self._rebuild, name, entry, runner, status)
         await trio.lowlevel.checkpoint()
