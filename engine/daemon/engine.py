@@ -622,7 +622,7 @@ class Engine:
         Raises:
             NotCaughtUpError: The read model did not reach ``wait_for_position`` in time.
             NotActiveError: The read model is kept only on the node whose runner is
-                active, and this node's runner stands by.
+                active, and that is another node.
             HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``.
         """
         loaded = self._plugin(plugin)
@@ -648,12 +648,15 @@ class Engine:
             entry = self.projections[runner_name]
             if entry.leased and runner.following:
                 if not entry.shared:
-                    raise NotActiveError(runner_name, await self.locks.owner(runner.lease_key))
-                # Serve (and wait on) the version switched to elsewhere, if any.
-                await self.follow_projection(runner_name)
+                    owner = await self.locks.owner(runner.lease_key)
+                    if owner is not None and owner != self.config.engine.node_id:
+                        raise NotActiveError(runner_name, owner)
+                else:
+                    # Serve (and wait on) the version switched to elsewhere, if any.
+                    await self.follow_projection(runner_name)
             if position is not None:
                 with trio.move_on_after(READ_YOUR_WRITES_TIMEOUT) as waited:
-                    await runner.wait_caught_up(position)
+                    await runner.wait_caught_up(position, shared=entry.shared)
                 if waited.cancelled_caught:
                     reached = runner.statistics().checkpoint
                     raise NotCaughtUpError(position, reached, what=runner_name)
@@ -879,8 +882,10 @@ class Engine:
             for name, entry in self.projections.items():
                 if entry.leased:
                     await self.follow_projection(name)
-            for runner in self.runners.values():
-                if runner.following:
+            for name, runner in self.runners.items():
+                projection = self.projections.get(name)
+                # A read model only the active node has keeps its own (local) progress.
+                if runner.following and (projection is None or projection.shared):
                     await runner.refresh(head=True)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

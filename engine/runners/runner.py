@@ -169,15 +169,20 @@ class Runner(Generic[E]):
             last_error=self._last_error,
         )
 
-    async def wait_caught_up(self, position: int | None = None) -> int:
+    async def wait_caught_up(self, position: int | None = None, *, shared: bool = True) -> int:
         """Wait until the runner is done with every event up to ``position``.
 
         Use it in tests and for read-your-writes (``position`` = the last stored
         event's position). It waits across restarts; bound it with ``trio.fail_after``.
+        While :attr:`following`, it waits on the checkpoint the active runner (on
+        another node) saves in the shared store.
 
         Args:
             position: The global position to wait for; by default the store's head
                 at the time of the call.
+            shared: False when the handler's effects stay on this node (a read model
+                kept in memory): then only this runner's own progress counts, never
+                another node's.
 
         Returns:
             The runner's checkpoint (``>= position``).
@@ -188,7 +193,7 @@ class Runner(Generic[E]):
             await trio.lowlevel.checkpoint()
         delay = _VISIBILITY_DELAY
         while (self._live.stored or 0) < position:
-            if not self.following:
+            if not (shared and self.following):
                 await self._progress.wait()
                 continue
             # Another node's runner does the work: watch the checkpoint it saves.

@@ -543,8 +543,8 @@ async def test_a_standby_runner_waits_on_the_active_runners_checkpoint(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A runner standing by answers wait_caught_up from the checkpoint the active runner
-    saves in the shared store (read after 10 ms, 20 ms, ...), and refresh() puts that
-    checkpoint and the head in its statistics instead of 0."""
+    saves in the shared store (read after 10 ms, 20 ms, ...) unless told its effects are
+    not shared, and refresh() puts that checkpoint and the head in its statistics."""
     store = memory_store()
     checkpoints = MemoryCheckpointStore()
     bus: ChannelEventBus[Any] = ChannelEventBus()
@@ -564,6 +564,9 @@ async def test_a_standby_runner_waits_on_the_active_runners_checkpoint(
         await a.wait_caught_up(3)
         assert (a.following, b.following) == (False, True)
         assert b.statistics().checkpoint == 0
+        with trio.move_on_after(5) as waited:  # effects kept on b: a's progress is not b's
+            await b.wait_caught_up(3, shared=False)
+        assert waited.cancelled_caught
         with trio.fail_after(1):
             assert await b.wait_caught_up(3) == 3
         reached: list[int] = []
