@@ -50,6 +50,9 @@ DEFAULT_RATE_WINDOW = 10.0
 #: First wait (seconds) before re-reading when the bus announced events that ``read_all``
 #: does not return yet (a late commit on PostgreSQL); doubles up to the poll interval.
 _VISIBILITY_DELAY = 0.01
+#: First wait (seconds) before a standby runner's waiter reads the shared checkpoint
+#: again; doubles up to the poll interval. Waiters share each read.
+_FOLLOW_DELAY = 0.002
 #: Notifications a runner's subscription buffers; a runner only needs the wake-up.
 _WAKEUP_BUFFER = 16
 #: The rate is counted in this many buckets per window (bounded memory at any rate).
@@ -191,7 +194,7 @@ class Runner(Generic[E]):
             position = await self.store.head_position()
         else:
             await trio.lowlevel.checkpoint()
-        delay = _VISIBILITY_DELAY
+        delay = _FOLLOW_DELAY
         while (self._live.stored or 0) < position:
             if not (shared and self.following):
                 await self._progress.wait()

@@ -543,7 +543,7 @@ async def test_a_standby_runner_waits_on_the_active_runners_checkpoint(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A runner standing by answers wait_caught_up from the checkpoint the active runner
-    saves in the shared store (read after 10 ms, 20 ms, ...) unless told its effects are
+    saves in the shared store (read at once, then after 2 ms, 4 ms, ...) unless told its effects are
     not shared, and refresh() puts that checkpoint and the head in its statistics."""
     store = memory_store()
     checkpoints = MemoryCheckpointStore()
