@@ -550,9 +550,13 @@ class ProjectionRunner(Runner[E]):
         The rebuild runs in the caller's task; cancelling it abandons the new version
         and leaves the live one as it was.
 
-        ``handler`` must start from an empty read model (its checkpoint is reset to 0).
-        Make ``version`` the version your code constructs the runner with, or a restart
-        goes on with the old version (from its own checkpoint, so still correctly).
+        ``handler`` must start from an empty read model (its checkpoint is reset to 0),
+        so ``version`` must never have been built before: take it with
+        :meth:`ProjectionVersions.allocate
+        <engine.runners.versions.ProjectionVersions.allocate>`, record the switch in
+        ``commit``, and construct the runner with the recorded version after a restart
+        (what the engine does); otherwise a restart goes on with the old version (from
+        its own checkpoint, so still correctly).
 
         Args:
             handler: The new read model's handler.
