@@ -260,6 +260,32 @@ class NotCaughtUpError(EskitError, TimeoutError):
         return f"{self.what} did not reach position {self.position} in time{at}; retry the read"
 
 
+class NotActiveError(EskitError):
+    """This node does not have what was asked for: another node's runner is the active one.
+
+    A read model kept only where its runner is active (not in the shared database)
+    cannot be read on a node where that runner stands by. Ask the active node.
+
+    Attributes:
+        what: The runner (projection) asked for.
+        owner: The node whose runner is active (``None`` if none is right now).
+    """
+
+    code = "not_active"
+
+    def __init__(self, what: str, owner: str | None) -> None:
+        super().__init__(what, owner)
+        self.what = what
+        self.owner = owner
+
+    def __str__(self) -> str:
+        where = "no node is, right now" if self.owner is None else f"node {self.owner!r} is"
+        return (
+            f"{self.what} is kept only on the node whose runner is active, and {where}; "
+            "ask that node"
+        )
+
+
 class StorageFullError(EskitError, OSError):
     """The store's disk (or database) is full: nothing was written; retry once there is room."""
 

@@ -23,7 +23,7 @@ from engine.codec import ORJSON, Codec, EventRegistry, make_converter
 from engine.codec_types import type_problems
 from engine.decider import Decider
 from engine.errors import CodecError, PluginError
-from engine.reactor import Reactor
+from engine.reactor import START_POSITIONS, Reactor, Start
 from engine.stores.base import EventStore, SqlDatabase
 
 __all__ = [
@@ -140,20 +140,41 @@ class ProjectionSetup:
             runner's checkpoint is saved in the store. An in-memory read model is not
             durable: it is rebuilt from the start of the log on every start, and its
             checkpoint is kept in memory so that it is never skipped ahead.
+        shared: For a durable read model: every node can read it (a table in the
+            store's database, an external database), so a node whose runner stands by
+            answers its queries (and waits for positions on the checkpoint the active
+            node saves). When False, only the node whose runner is active has the read
+            model, and the others refuse its queries with ``not_active``. By default
+            True for a :class:`~engine.runners.base.TransactionalProjection` (its
+            tables are in the store's database), False otherwise.
     """
 
     handler: Any
     queries: Mapping[str, Query] = attrs.field(factory=dict)
     durable: bool = False
+    shared: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
 class ProjectionDefinition:
-    """A named read model: ``setup(context)`` builds it when the engine starts."""
+    """A named read model: ``setup(context)`` builds it when the engine starts.
+
+    Args:
+        name: The projection's name (``plugin.name`` in URLs and ``/runners``).
+        setup: Builds the read model for a :class:`ProjectionContext`.
+        version: The read model's code version: bump it when its shape or meaning
+            changes, and the engine builds it anew from the start of the log.
+        start: Where its runner starts with no checkpoint yet: ``"beginning"`` (the
+            whole log) or ``"end"`` (only events stored after it first starts; an
+            in-memory read model, which starts without a checkpoint every time,
+            then sees only what is stored after each start). A rebuild always reads
+            the whole log.
+    """
 
     name: str = attrs.field(validator=_check_name)
     setup: Callable[[ProjectionContext], ProjectionSetup | Awaitable[ProjectionSetup]]
     version: int = 1
+    start: Start = attrs.field(default="beginning", validator=attrs.validators.in_(START_POSITIONS))
 
 
 @attrs.frozen(kw_only=True)

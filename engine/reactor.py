@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
 
 from engine.events import Event
 
-__all__ = ["CommandSender", "Reactor", "ReactorRegistry", "reaction_id"]
+__all__ = ["START_POSITIONS", "CommandSender", "Reactor", "ReactorRegistry", "Start", "reaction_id"]
 
 E = TypeVar("E")
+
+#: Where an automation (or a projection) with no checkpoint yet starts reading the log:
+#: ``"beginning"`` (position 0) or ``"end"`` (the log's head when its runner first starts).
+Start: TypeAlias = Literal["beginning", "end"]
+#: The values of :data:`Start`.
+START_POSITIONS: tuple[Start, ...] = ("beginning", "end")
 
 
 class CommandSender(Protocol):
@@ -38,10 +44,18 @@ class Reactor(Generic[E]):
             deterministic id derived from the reactor name and the event id, so a
             redelivered event re-sends the same command ids and the command handler
             turns them into no-ops (effectively-once under at-least-once delivery).
+        start: Where the automation starts when it has no checkpoint yet (the first
+            time it runs against a store): ``"beginning"`` reacts to the whole log;
+            ``"end"`` reacts only to events stored after its first start (the head
+            is saved as its checkpoint at once). Use ``"end"`` for an automation added
+            to a system with history, or whose store was filled by copying events
+            from another one, so that it does not act on the past again (a fee charged
+            twice). Afterwards it always resumes from its checkpoint.
     """
 
     trigger: Callable[[E], bool]
     execute: Callable[[Event[E], CommandSender], Awaitable[None]]
+    start: Start = attrs.field(default="beginning", validator=attrs.validators.in_(START_POSITIONS))
 
 
 def reaction_id(reactor_name: str, event: Event[Any], index: int) -> str:

@@ -57,6 +57,7 @@ EXPECTED_API = [
     "MemorySnapshotStore",
     "MemoryStore",
     "NewEvent",
+    "NotActiveError",
     "NotCaughtUpError",
     "NotFoundError",
     "Plugin",

@@ -48,6 +48,8 @@ from engine.errors import (
     ConfigError,
     DuplicateEventTypeError,
     InvalidCommandError,
+    NotActiveError,
+    NotCaughtUpError,
     PluginError,
     UnknownStreamError,
 )
@@ -88,11 +90,13 @@ from engine.runners.base import (
     OnFailure,
     RunnerState,
     RunnerStatistics,
+    StartAt,
     TransactionalProjection,
 )
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import RestartPolicy, run_supervised
+from engine.runners.versions import ProjectionVersions
 from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
 from engine.stores.dead_letter_encoding import letter_document
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
@@ -456,11 +460,21 @@ class _LoadedPlugin:
 
 @attrs.define(eq=False)
 class _ProjectionEntry:
-    """What the engine needs to build a projection again (for a rebuild)."""
+    """What the engine needs to build a projection again (a rebuild, or following a
+    switch made on another node)."""
 
     plugin: str
     definition: ProjectionDefinition
     context: ProjectionContext
+    #: Where the live version is recorded (durable for a durable read model).
+    versions: ProjectionVersions
+    #: The read model is durable and its runner active on one node at a time.
+    leased: bool = False
+    #: Every node can read it (a table in the store's database); else only the node
+    #: whose runner is active has it.
+    shared: bool = False
+    #: Serializes switching this node to another version.
+    switching: trio.Lock = attrs.field(factory=trio.Lock)
 
 
 @attrs.define(eq=False)
@@ -603,7 +617,18 @@ class Engine:
 
         With the parameter ``wait_for_position=P`` (a position a command returned), the
         query first waits until its read model has handled position P: read-your-writes.
-        It waits at most ``READ_YOUR_WRITES_TIMEOUT`` seconds, then answers 503.
+        It waits at most ``READ_YOUR_WRITES_TIMEOUT`` seconds.
+
+        On a node whose runner stands by (another node's runner is active), a shared
+        read model (a table in the store's database) answers as on the active node: the
+        query first follows a version switch made elsewhere, and waits on the checkpoint
+        the active runner saves. A read model that only the active node has is refused.
+
+        Raises:
+            NotCaughtUpError: The read model did not reach ``wait_for_position`` in time.
+            NotActiveError: The read model is kept only on the node whose runner is
+                active, and that is another node.
+            HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``.
         """
         loaded = self._plugin(plugin)
         func = loaded.queries.get(query)
@@ -615,6 +640,7 @@ class Engine:
         params = dict(params)
         wanted = params.pop("wait_for_position", None)
         runner_name = loaded.query_runners.get(query)
+        position = None
         if wanted is not None and runner_name is not None:
             try:
                 position = int(wanted)
@@ -622,12 +648,27 @@ class Engine:
                 raise HttpError(
                     400, "bad_parameter", "wait_for_position must be an integer"
                 ) from None
-            with trio.move_on_after(READ_YOUR_WRITES_TIMEOUT) as waited:
-                await self.runners[runner_name].wait_caught_up(position)
-            if waited.cancelled_caught:
-                raise HttpError(
-                    503, "not_caught_up", f"{runner_name} has not reached position {position} yet"
-                )
+        if runner_name is not None:
+            runner = self.runners[runner_name]
+            entry = self.projections[runner_name]
+            if entry.leased and runner.following:
+                if not entry.shared:
+                    owner = await self.locks.owner(runner.lease_key)
+                    if owner is not None and owner != self.config.engine.node_id:
+                        raise NotActiveError(runner_name, owner)
+                else:
+                    # Serve (and wait on) the version switched to elsewhere, if any.
+                    await self.follow_projection(runner_name)
+            if position is not None:
+                with trio.move_on_after(READ_YOUR_WRITES_TIMEOUT) as waited:
+                    await runner.wait_caught_up(position, shared=entry.shared)
+                if waited.cancelled_caught:
+                    reached = runner.statistics().checkpoint
+                    raise NotCaughtUpError(position, reached, what=runner_name)
+            # Looked up again after the waits: a switch to another version while this
+            # query waited swapped the query with the checkpoint it waited on (the one
+            # looked up before would read the old version's tables, fed no more).
+            func = loaded.queries[query]
         return self._plain(await func(params))
 
     async def read_stream(self, stream_id: str, *, after: int, limit: int) -> dict[str, Any]:
@@ -710,12 +751,14 @@ class Engine:
     async def rebuild_projection(self, name: str) -> dict[str, Any]:
         """Start building projection ``name`` again from position 0, beside the live one.
 
-        The new version (the live one + 1) is set up afresh by its plugin (for a SQL read
-        model, in tables of that version) and fed from the start of the log while the
-        live version keeps answering. Once it has caught up the runner switches to it,
-        and the projection's queries with it, between two batches. Progress is in
-        :meth:`runners_status` (``rebuild``). The switch lasts until the engine stops:
-        set the definition's ``version`` in the plugin to keep it across restarts.
+        The new version (a number never used before, taken durably first, see
+        :class:`~engine.runners.versions.ProjectionVersions`) is set up afresh by its
+        plugin (for a SQL read model, in tables of that version) and fed from the start
+        of the log while the live version keeps answering. Once it has caught up the
+        runner switches to it, and the projection's queries with it, between two
+        batches; the switch is recorded beside the checkpoints first, so restarts and
+        the other nodes serve the new version too. Progress is in
+        :meth:`runners_status` (``rebuild``).
 
         Raises:
             HttpError: 404 for an unknown projection, 409 when a rebuild of it runs
@@ -735,16 +778,26 @@ class Engine:
             )
         if self._background is None:
             raise HttpError(503, "not_running", "the engine is not running its runners")
-        version = runner.version + 1
         status: dict[str, Any] = {
             "state": "running",
             "from_version": runner.version,
-            "version": version,
+            "version": None,
             "done": 0,
-            "head": await self.store.head_position(),
+            "head": 0,
             "error": None,
         }
         self.rebuilds[name] = status
+        try:
+            # Taken for good before anything is set up: a version is never built twice,
+            # whatever happens to this rebuild or this process.
+            status["version"] = await entry.versions.allocate(name, above=runner.version)
+            status["head"] = await self.store.head_position()
+        except BaseException:
+            if current is None:
+                del self.rebuilds[name]
+            else:
+                self.rebuilds[name] = current
+            raise
         self._background.start_soon(self._rebuild, name, entry, runner, status)
         await trio.lowlevel.checkpoint()
         return {"projection": name, **status}
@@ -767,16 +820,20 @@ class Engine:
                 entry.definition.setup, attrs.evolve(entry.context, version=version)
             )
 
-            def switch() -> None:
-                # Under the runner's batch lock: no reader sees the new checkpoint with
-                # the old read model's queries.
-                for query_name, query in setup.queries.items():
-                    if loaded.query_runners.get(query_name) == name:
-                        loaded.queries[query_name] = query
+            old = runner.version
+
+            async def commit() -> None:
+                # Durable before the switch: a restart, or any other node, serves the
+                # new version from now on (a conflict means another node switched).
+                await entry.versions.switch(name, entry.definition.version, old=old, new=version)
 
             logger.info("rebuilding projection %r as version %d", name, version)
             position = await runner.rebuild(
-                setup.handler, version=version, progress=progress, on_switch=switch
+                setup.handler,
+                version=version,
+                progress=progress,
+                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
+                commit=commit,
             )
         except Exception as exc:
             logger.exception("rebuilding projection %r failed", name)
@@ -784,6 +841,66 @@ class Engine:
         else:
             status["state"], status["done"] = "done", position
             logger.info("projection %r switched to version %d at %d", name, version, position)
+
+    @staticmethod
+    def _swap_queries(loaded: _LoadedPlugin, name: str, setup: ProjectionSetup) -> None:
+        # Under the runner's batch lock: no reader sees the new checkpoint with the old
+        # read model's queries.
+        for query_name, query in setup.queries.items():
+            if loaded.query_runners.get(query_name) == name:
+                loaded.queries[query_name] = query
+
+    async def follow_projection(self, name: str) -> bool:
+        """Bring projection ``name`` on this node to the version recorded as live.
+
+        A rebuild on another node (or before a restart) switches the record; this node
+        then sets that version up (its plugin's setup, for a SQL read model the new
+        tables) and switches its runner and queries to it. Only for a durable read model
+        whose runner is leased (one active node at a time); others are per node.
+
+        Returns:
+            True when this node switched.
+        """
+        entry = self.projections[name]
+        runner = self.runners[name]
+        if not entry.leased or not isinstance(runner, ProjectionRunner):
+            await trio.lowlevel.checkpoint()
+            return False
+        # A code version's live version only ever grows (each rebuild takes a new,
+        # higher one), so a stale read can never switch a node back.
+        live = await entry.versions.live(name, entry.definition.version)
+        if live is None or live <= runner.version:
+            return False  # the common case: no lock, so queries never queue here
+        async with entry.switching:
+            rebuilding = (self.rebuilds.get(name) or {}).get("state") == "running"
+            if live <= runner.version or rebuilding:
+                return False
+            loaded = self.plugins[entry.plugin]
+            setup = await _setup(entry.definition.setup, attrs.evolve(entry.context, version=live))
+            switched = await runner.follow(
+                setup.handler,
+                version=live,
+                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
+            )
+        if switched:
+            logger.info("projection %r follows version %d (switched elsewhere)", name, live)
+        return switched
+
+    async def run_followers(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Every ``runners.poll_interval``: follow version switches made elsewhere and,
+        where a runner stands by, read the active node's checkpoint (for ``/runners``
+        and read-your-writes). A service: runs until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.runners.poll_interval)
+            for name, entry in self.projections.items():
+                if entry.leased:
+                    await self.follow_projection(name)
+            for name, runner in self.runners.items():
+                projection = self.projections.get(name)
+                # A read model only the active node has keeps its own (local) progress.
+                if runner.following and (projection is None or projection.shared):
+                    await runner.refresh(head=True)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every runner runs (or stands by) and lags at most ``runners.ready_lag``."""
@@ -858,6 +975,47 @@ async def _setup(
             f"a projection setup returned {type(setup).__qualname__}, not ProjectionSetup"
         )
     return setup
+
+
+async def _open_projection(
+    plugin: str,
+    definition: ProjectionDefinition,
+    context: ProjectionContext,
+    checkpoints: CheckpointStore,
+) -> tuple[_ProjectionEntry, ProjectionSetup]:
+    """Set a projection up as the version that is live for its code version.
+
+    A durable read model serves and feeds the version recorded beside the checkpoints
+    (the one the last rebuild switched to, on any node); an in-memory one starts afresh
+    as the definition's version, with its checkpoint (and version record) in memory.
+    """
+    code = definition.version
+    recorded = ProjectionVersions(checkpoints)
+    live = await recorded.live(context.name, code)
+    version = code if live is None else live
+    setup = await _setup(definition.setup, attrs.evolve(context, version=version))
+    # A transactional read model keeps its checkpoint with its rows: durable.
+    transactional = isinstance(setup.handler, TransactionalProjection)
+    durable = setup.durable or transactional
+    if durable:
+        versions = recorded
+        resolved = await recorded.resolve(context.name, code)
+    else:
+        versions = ProjectionVersions(MemoryCheckpointStore())
+        resolved = code
+    if resolved != version:
+        version = resolved
+        setup = await _setup(definition.setup, attrs.evolve(context, version=version))
+    shared = transactional if setup.shared is None else setup.shared
+    entry = _ProjectionEntry(
+        plugin,
+        definition,
+        attrs.evolve(context, version=version),
+        versions,
+        leased=durable,
+        shared=durable and shared,
+    )
+    return entry, setup
 
 
 @unwrap_lone_errors
@@ -984,9 +1142,10 @@ async def open_engine(
             loaded = engine.plugins[plugin.name]
             for definition in plugin.projections:
                 name = f"{plugin.name}.{definition.name}"
-                own_context = attrs.evolve(context, name=name, version=definition.version)
-                engine.projections[name] = _ProjectionEntry(plugin.name, definition, own_context)
-                setup = await _setup(definition.setup, own_context)
+                entry, setup = await _open_projection(
+                    plugin.name, definition, attrs.evolve(context, name=name), checkpoints
+                )
+                engine.projections[name] = entry
                 for query_name, query in setup.queries.items():
                     if query_name in loaded.queries:
                         raise PluginError(
@@ -995,17 +1154,16 @@ async def open_engine(
                     loaded.queries[query_name] = query
                     loaded.query_runners[query_name] = name
                 engine.runner_kinds[name] = "projection"
-                # A transactional read model keeps its checkpoint with its rows: durable.
-                durable = setup.durable or isinstance(setup.handler, TransactionalProjection)
                 engine.runners[name] = ProjectionRunner(
                     name=name,
                     handler=setup.handler,
-                    version=definition.version,
+                    version=entry.context.version,
                     # An in-memory read model starts empty, so it must start from the
                     # beginning: its checkpoint lives in memory too. Only a durable read
                     # model may resume from a stored checkpoint (under a lease).
-                    checkpoints=checkpoints if durable else MemoryCheckpointStore(),
-                    locks=locks if durable else None,
+                    checkpoints=entry.versions.checkpoints,
+                    locks=locks if entry.leased else None,
+                    start_at=StartAt(definition.start),
                     **common,
                 )
             for reactor_name, reactor in plugin.reactors.items():
@@ -1019,6 +1177,7 @@ async def open_engine(
                     handler=registry.handle,
                     checkpoints=checkpoints,
                     locks=locks,
+                    start_at=StartAt(reactor.start),
                     **common,
                 )
 
@@ -1050,6 +1209,12 @@ async def open_engine(
             for name, runner in engine.runners.items():
                 await runners.start(functools.partial(run_supervised, name=name), runner.run)
             await runners.start(engine.history.run, engine.runner_statistics, errors)
+            if any(entry.leased for entry in engine.projections.values()) or any(
+                runner.locks is not None for runner in engine.runners.values()
+            ):
+                await runners.start(
+                    functools.partial(run_supervised, name="followers"), engine.run_followers
+                )
             engine._background = runners
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:

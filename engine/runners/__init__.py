@@ -34,6 +34,7 @@ from engine.runners.runner import (
     Runner,
 )
 from engine.runners.supervisor import RestartPolicy, Service, ServiceFailedError, run_supervised
+from engine.runners.versions import ProjectionVersions
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -51,6 +52,7 @@ __all__ = [
     "MemoryTransactionalStore",
     "OnFailure",
     "ProjectionRunner",
+    "ProjectionVersions",
     "RestartPolicy",
     "Runner",
     "RunnerState",

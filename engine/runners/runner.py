@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, Self, TypeVar
 
 import attrs
@@ -50,6 +50,9 @@ DEFAULT_RATE_WINDOW = 10.0
 #: First wait (seconds) before re-reading when the bus announced events that ``read_all``
 #: does not return yet (a late commit on PostgreSQL); doubles up to the poll interval.
 _VISIBILITY_DELAY = 0.01
+#: First wait (seconds) before a standby runner's waiter reads the shared checkpoint
+#: again; doubles up to the poll interval. Waiters share each read.
+_FOLLOW_DELAY = 0.002
 #: Notifications a runner's subscription buffers; a runner only needs the wake-up.
 _WAKEUP_BUFFER = 16
 #: The rate is counted in this many buckets per window (bounded memory at any rate).
@@ -115,6 +118,8 @@ class Runner(Generic[E]):
     # switch handlers between two batches.
     _batch_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _visibility_delay: float = attrs.field(default=_VISIBILITY_DELAY, init=False)
+    # Set while a standby runner reads the shared checkpoint (see refresh).
+    _reading: trio.Event | None = attrs.field(default=None, init=False)
     # (bucket number, events) for the rate statistic, oldest first.
     _recent: collections.deque[tuple[int, int]] = attrs.field(
         factory=lambda: collections.deque(maxlen=_RATE_BUCKETS + 1), init=False
@@ -167,15 +172,20 @@ class Runner(Generic[E]):
             last_error=self._last_error,
         )
 
-    async def wait_caught_up(self, position: int | None = None) -> int:
+    async def wait_caught_up(self, position: int | None = None, *, shared: bool = True) -> int:
         """Wait until the runner is done with every event up to ``position``.
 
         Use it in tests and for read-your-writes (``position`` = the last stored
         event's position). It waits across restarts; bound it with ``trio.fail_after``.
+        While :attr:`following`, it waits on the checkpoint the active runner (on
+        another node) saves in the shared store.
 
         Args:
             position: The global position to wait for; by default the store's head
                 at the time of the call.
+            shared: False when the handler's effects stay on this node (a read model
+                kept in memory): then only this runner's own progress counts, never
+                another node's.
 
         Returns:
             The runner's checkpoint (``>= position``).
@@ -184,8 +194,64 @@ class Runner(Generic[E]):
             position = await self.store.head_position()
         else:
             await trio.lowlevel.checkpoint()
+        delay = _FOLLOW_DELAY
         while (self._live.stored or 0) < position:
-            await self._progress.wait()
+            if not (shared and self.following):
+                await self._progress.wait()
+                continue
+            # Another node's runner does the work: watch the checkpoint it saves.
+            if await self.refresh() >= position:
+                break
+            with trio.move_on_after(delay):
+                await self._progress.wait()
+            delay = min(delay * 2, self.poll_interval)
+        return self._live.stored or 0
+
+    @property
+    def following(self) -> bool:
+        """True while the runner has ``locks`` and does not hold its lease: the runner
+        of another node is (or will be) the active one, and this one's progress is the
+        checkpoint that runner saves in the shared store (see :meth:`refresh`)."""
+        return self.locks is not None and self._lease is None
+
+    async def refresh(self, *, head: bool = False) -> int:
+        """Read the active runner's progress from the shared checkpoint store.
+
+        Only while :attr:`following` (a standby node); the active runner knows its own
+        progress. Wakes :meth:`wait_caught_up` when the checkpoint moved on.
+
+        Args:
+            head: Also read the store's head (for :meth:`statistics`' lag).
+
+        Returns:
+            The checkpoint now known.
+        """
+        track = self._live
+        if not self.following:
+            await trio.lowlevel.checkpoint()
+            return track.stored or 0
+        if self._reading is not None:
+            # Many waiters, one read: share the one in flight.
+            await self._reading.wait()
+            return self._live.stored or 0
+        self._reading = reading = trio.Event()
+        try:
+            stored = await track.sink.load(track.key)
+            if head:
+                self._head = max(self._head, await self.store.head_position())
+        finally:
+            self._reading = None
+            reading.set()
+        # Only while still standing by: an active runner's own view is authoritative
+        # (its compare-and-set expects it), and a switch may have replaced the track.
+        if (
+            self.following
+            and track is self._live
+            and stored is not None
+            and stored > (track.stored or 0)
+        ):
+            track.stored = track.checkpoint = stored
+            self._notify()
         return self._live.stored or 0
 
     # -- the service ---------------------------------------------------------------
@@ -244,6 +310,7 @@ class Runner(Generic[E]):
             except LockNotHeldError:
                 self._counts["leases_lost"] += 1
                 self._state = RunnerState.STANDBY
+                self._notify()  # waiters watch the shared checkpoint from now on
                 logger.warning("runner %r lost its lease; back to standby", self.name)
 
     async def _run_active(self, task_status: trio.TaskStatus[Self]) -> None:
@@ -472,6 +539,7 @@ class ProjectionRunner(Runner[E]):
         version: int,
         progress: Callable[[int, int], None] | None = None,
         on_switch: Callable[[], None] | None = None,
+        commit: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """Build version ``version`` of the read model from position 0, then switch to it.
 
@@ -482,9 +550,13 @@ class ProjectionRunner(Runner[E]):
         The rebuild runs in the caller's task; cancelling it abandons the new version
         and leaves the live one as it was.
 
-        ``handler`` must start from an empty read model (its checkpoint is reset to 0).
-        Make ``version`` the version your code constructs the runner with, or a restart
-        goes on with the old version (from its own checkpoint, so still correctly).
+        ``handler`` must start from an empty read model (its checkpoint is reset to 0),
+        so ``version`` must never have been built before: take it with
+        :meth:`ProjectionVersions.allocate
+        <engine.runners.versions.ProjectionVersions.allocate>`, record the switch in
+        ``commit``, and construct the runner with the recorded version after a restart
+        (what the engine does); otherwise a restart goes on with the old version (from
+        its own checkpoint, so still correctly).
 
         Args:
             handler: The new read model's handler.
@@ -493,6 +565,11 @@ class ProjectionRunner(Runner[E]):
             on_switch: Called at the switch, with the live loop still paused (swap the
                 queries that answer from the read model here, so that no reader sees
                 the new checkpoint with the old read model).
+            commit: Awaited just before the switch, with the live loop paused: record
+                the switch durably here (for example
+                :meth:`ProjectionVersions.switch
+                <engine.runners.versions.ProjectionVersions.switch>`). If it raises,
+                the runner does not switch and the error propagates.
 
         Returns:
             The position at which the runner switched.
@@ -520,6 +597,8 @@ class ProjectionRunner(Runner[E]):
                 self._check_lease()
                 # The live loop is paused between batches: read the last events.
                 await self._rebuild_pass(track, progress)
+                if commit is not None:
+                    await commit()
                 self.handler, self.version, self._live = handler, version, track
                 if on_switch is not None:
                     on_switch()
@@ -528,6 +607,47 @@ class ProjectionRunner(Runner[E]):
             return track.checkpoint
         finally:
             self._rebuild = None
+
+    async def follow(
+        self,
+        handler: Handler[E],
+        *,
+        version: int,
+        on_switch: Callable[[], None] | None = None,
+    ) -> bool:
+        """Switch to version ``version``, built by a rebuild elsewhere, from its checkpoint.
+
+        What a node does when it learns that another node (or this one before a
+        restart) switched the read model: from then on ``handler`` is the live handler
+        and ``version`` the runner's version, resuming from the version's saved
+        checkpoint. The switch happens between two batches, like a rebuild's.
+
+        Args:
+            handler: The handler of version ``version``.
+            version: The version to follow.
+            on_switch: Called at the switch, with the live loop paused.
+
+        Returns:
+            ``False`` when ``version`` is live already.
+
+        Raises:
+            RuntimeError: A rebuild runs on this node.
+        """
+        if version == self.version:
+            await trio.lowlevel.checkpoint()
+            return False
+        track = Track(f"{self.name}@{version}", self._sink(handler))
+        async with self._batch_lock:
+            if self._rebuild is not None:
+                raise RuntimeError(f"{self.name!r} is being rebuilt on this node")
+            stored = await track.sink.load(track.key)
+            track.stored, track.checkpoint = stored, stored or 0
+            self.handler, self.version, self._live = handler, version, track
+            if on_switch is not None:
+                on_switch()
+            self._notify()
+        logger.info("%r follows version %d from %d", self.name, version, track.checkpoint)
+        return True
 
     def _check_lease(self) -> None:
         if self.locks is not None and self._lease is None:

@@ -11,7 +11,9 @@ import pytest
 from eskit_bank.plugin import balances
 from eskit_bank.plugin import plugin as bank
 
+from engine.daemon import engine as engine_module
 from engine.daemon.engine import Engine, open_engine
+from engine.errors import NotCaughtUpError
 from engine.plugin import ProjectionDefinition
 from tests.conftest import PgTarget
 from tests.daemon.test_engine import config_for, http, wait_for
@@ -92,3 +94,27 @@ async def test_a_new_version_is_built_from_the_start_in_its_own_table(tmp_path: 
         # The checkpoints committed with the rows: version 1's stayed where it was.
         assert await store.load_checkpoint("bank.balances@1") == 1
         assert await store.load_checkpoint("bank.balances@2") == 2
+
+
+async def test_read_your_writes_that_runs_out_of_time_is_a_not_caught_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for a position the read model does not reach in time raises
+    NotCaughtUpError naming the runner, the position and how far it got (an
+    expected timeout, not a crash)."""
+    monkeypatch.setattr(engine_module, "READ_YOUR_WRITES_TIMEOUT", 0.2)
+    async with open_engine(config_for(tmp_path), plugins=[_bank(1)]) as engine:
+        await _send(engine, "OpenAccount", "a", 50)
+        await wait_for(engine, "bank.balances")
+        answer = await engine.run_query(
+            "bank", "balance", {"account": "a", "wait_for_position": "1"}
+        )
+        assert answer == {"account": "a", "balance": 50}
+        with pytest.raises(NotCaughtUpError) as raised:
+            await engine.run_query("bank", "balance", {"account": "a", "wait_for_position": "7"})
+        error = raised.value
+        assert (error.position, error.reached, error.what) == (7, 1, "bank.balances")
+        assert error.code == "not_caught_up"
+        assert str(error) == (
+            "bank.balances did not reach position 7 in time (it is at 1); retry the read"
+        )

@@ -537,3 +537,83 @@ async def test_misuse_is_refused() -> None:
         ProjectionRunner(name="p", handler=Recorder(), store=store)
     with pytest.raises(ValueError, match="retries"):
         ErrorPolicy(retries=-1)
+
+
+async def test_a_standby_runner_waits_on_the_active_runners_checkpoint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A runner standing by answers wait_caught_up from the checkpoint the active runner
+    saves in the shared store (read at once, then after 2 ms, 4 ms, ...) unless told its effects are
+    not shared, and refresh() puts that checkpoint and the head in its statistics."""
+    store = memory_store()
+    checkpoints = MemoryCheckpointStore()
+    bus: ChannelEventBus[Any] = ChannelEventBus()
+    locks = MemoryLockRegistry("node")
+    first, second = Recorder(), Recorder()
+
+    def runner(recorder: Recorder) -> ProjectionRunner[Any]:
+        return ProjectionRunner(
+            name="p", handler=recorder, store=store, checkpoints=checkpoints, bus=bus, locks=locks
+        )
+
+    a, b = runner(first), runner(second)
+    await append(store, 3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await a.wait_caught_up(3)
+        assert (a.following, b.following) == (False, True)
+        assert b.statistics().checkpoint == 0
+        with trio.move_on_after(5) as waited:  # effects kept on b: a's progress is not b's
+            await b.wait_caught_up(3, shared=False)
+        assert waited.cancelled_caught
+        with trio.fail_after(1):
+            assert await b.wait_caught_up(3) == 3
+        reached: list[int] = []
+
+        async def wait_on_b() -> None:
+            reached.append(await b.wait_caught_up(5))
+
+        with trio.fail_after(1):
+            async with trio.open_nursery() as waiters:
+                for _ in range(10):  # many waiters at once share the checkpoint reads
+                    waiters.start_soon(wait_on_b)
+                await trio.testing.wait_all_tasks_blocked()
+                await bus.publish(await append(store, 2, start=3))
+        assert reached == [5] * 10
+        await append(store, 1, start=5)
+        await a.wait_caught_up(6)
+        assert await b.refresh(head=True) == 6
+        stats = b.statistics()
+        assert (stats.state, stats.checkpoint, stats.head, stats.lag) == (
+            RunnerState.STANDBY,
+            6,
+            6,
+            0,
+        )
+        nursery.cancel_scope.cancel()
+    assert (first.seen, second.seen) == ([1, 2, 3, 4, 5, 6], [])
+
+
+async def test_follow_switches_to_a_version_built_elsewhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """follow() makes a version built elsewhere live from its saved checkpoint: the
+    runner goes on from there with that version's handler; the live version is a no-op."""
+    store = memory_store()
+    checkpoints = MemoryCheckpointStore()
+    await append(store, 5)
+    await checkpoints.save_checkpoint("p@3", 4, expected=None)
+    old, new = Recorder(), Recorder()
+    switched: list[int] = []
+    runner = ProjectionRunner(name="p", handler=old, store=store, checkpoints=checkpoints)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await runner.wait_caught_up(5)
+        assert await runner.follow(new, version=3, on_switch=lambda: switched.append(3))
+        assert not await runner.follow(Recorder(), version=3)
+        assert (runner.version, runner.checkpoint_name) == (3, "p@3")
+        assert await runner.wait_caught_up(5) == 5
+        nursery.cancel_scope.cancel()
+    assert (old.seen, new.seen, switched) == ([1, 2, 3, 4, 5], [5], [3])
+    assert await checkpoints.load_checkpoint("p@3") == 5
