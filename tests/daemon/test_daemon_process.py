@@ -142,3 +142,65 @@ def test_cli_version_and_plugins() -> None:
     )
     assert "bank" in plugins.stdout
     assert "OpenAccount" in plugins.stdout
+
+
+async def test_a_megabyte_stream_id_does_not_freeze_the_daemon(tmp_path: Path) -> None:
+    """While a command with a 1 MB stream id is refused and logged at INFO, ``/health/live``
+    keeps answering, and the log line shows the id cut with a marker."""
+    port = free_port()
+    config = tmp_path / "eskit.toml"
+    config.write_text(
+        f'[engine]\ndata_dir = "{tmp_path / "data"}"\n\n[http]\nport = {port}\n'
+        f"max_body_bytes = {2 * 1024 * 1024}\n"
+    )
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "engine", "run", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ESKIT_LOG_LEVEL": "INFO", "ESKIT_LOG_FORMAT": "text"},
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    output = bytearray()
+    ready, answered = trio.Event(), trio.Event()
+    statuses: list[int] = []
+
+    async def drain() -> None:
+        while chunk := await stdout.receive_some(65536):
+            output.extend(chunk)
+            if b"ready (stop" in output:
+                ready.set()
+
+    async def send_huge(url: str) -> None:
+        status, _ = await http(
+            f"{url}/commands/bank/Deposit",
+            method="POST",
+            body={"stream_id": "a" * 1_000_000, "data": {"amount": 5}},
+        )
+        statuses.append(status)
+        answered.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.fail_after(60):
+                await ready.wait()
+            url = f"http://127.0.0.1:{port}"
+            with trio.fail_after(60):
+                nursery.start_soon(send_huge, url)
+                # Each probe waits at most 10 s (the client's timeout): a frozen loop fails it.
+                while not answered.is_set():
+                    assert (await http(f"{url}/health/live"))[0] == 200
+                assert (await http(f"{url}/health/live"))[0] == 200
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert 400 <= statuses[0] < 500
+    text = output.decode()
+    [logged] = [line for line in text.splitlines() if "Deposit on 'aaa" in line]
+    assert logged.count("a" * 300) == 1
+    assert "more chars]" in logged
+    assert max(len(line) for line in text.splitlines()) < 5000

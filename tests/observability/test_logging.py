@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +21,13 @@ from engine.errors import DomainError
 from engine.handler import CommandContext, CommandHandler, CommandResult, NextHandler
 from engine.observability.commands import command_middleware
 from engine.observability.logging import (
+    MAX_VALUE_CHARS,
     REDACTED,
     JsonFormatter,
     TextFormatter,
     configure_logging,
     redact_text,
+    shorten,
 )
 from engine.observability.metrics import EngineMetrics
 from engine.observability.status import EventModel, RecentErrors
@@ -142,6 +146,8 @@ class Paid:
 def decide(state: int, command: Pay) -> Sequence[Paid]:
     if command.amount == 0:
         raise DomainError("nothing to pay")
+    if command.amount > 1000:
+        raise DomainError(f"over the limit: {command.amount}")
     if command.amount < 0:
         raise RuntimeError("the ledger is on fire")
     return [Paid(command.amount)]
@@ -221,3 +227,86 @@ async def test_every_command_is_logged_with_its_fields(
         ("failed", "command pay.PayNow"),
         ("rejected", "command pay.PayNow"),
     ]
+
+
+#: Hostile megabytes: each made the old URL pattern try a scheme at every position.
+HOSTILE = """{
+    "letters": "a" * 1_000_000,
+    "schemes": "a://" * 250_000,
+    "colons": "a://x:" + "b:" * 500_000,
+    "user": "a://" + "b" * 1_000_000,
+    "password": "a://b:" + "c" * 1_000_000,
+    "pairs": "password=" * 100_000,
+    "bearer": "Bearer" + " " * 1_000_000,
+    "mixed": "x.y+z-" * 150_000,
+}"""
+
+
+def test_redacting_a_hostile_megabyte_is_linear() -> None:
+    """Redacting and logging 1 MB of each hostile shape ends within a generous guard (a child
+    process, so the guard holds even while a regex holds the GIL); the old pattern took
+    half an hour on the first one."""
+    probe = (
+        "import logging\n"
+        "from engine.observability.logging import JsonFormatter, TextFormatter, redact_text\n"
+        f"hostile = {HOSTILE}\n"
+        "for text in hostile.values():\n"
+        "    redact_text(text)\n"
+        "    made = logging.LogRecord('eskit.x', 20, 'x', 1, 'on %r: ' + text, (text,), None)\n"
+        "    made.stream_id = text\n"
+        "    JsonFormatter().format(made)\n"
+        "    TextFormatter().format(made)\n"
+        "print('done')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr
+
+
+def test_long_values_are_cut_with_a_marker() -> None:
+    """A 1 MB stream id shows as its first 300 characters and a marker, in arguments and fields."""
+    stream_id = "a" * 1_000_000
+    made = record("command on %r rejected", stream_id, stream_id=stream_id)
+    line = json.loads(JsonFormatter().format(made))
+    cut = "a" * MAX_VALUE_CHARS + f"...[{1_000_000 - MAX_VALUE_CHARS} more chars]"
+    assert line["stream_id"] == cut
+    assert line["message"] == f"command on '{cut}' rejected"
+    assert TextFormatter().format(made).endswith(f"eskit.test: command on '{cut}' rejected")
+    assert shorten("short id") == "short id"
+
+
+def test_a_secret_across_the_cut_is_redacted_not_half_shown() -> None:
+    """A value cut in the middle of a URL password shows no part of the password."""
+    value = "x" * (MAX_VALUE_CHARS - 20) + " postgresql://app:hunter2hunter2hunter2@db/app"
+    shown = shorten(value)
+    assert "hunter" not in shown
+    assert shown.endswith(" more chars]")
+
+
+async def test_a_domain_rejection_logs_its_code_not_its_message() -> None:
+    """A rejection's message may quote the payload: the log and the status page get its code."""
+    registry = EventRegistry()
+    registry.register(Paid, name="pay.Paid")
+    stream = io.StringIO()
+    logger = logging.getLogger("eskit.test.rejections")
+    handler = configure_logging(
+        logger=logger, stream=stream, json_format=True, level="INFO", environ={}
+    )
+    errors = RecentErrors()
+    commands: CommandHandler[int, Pay, Paid] = CommandHandler(
+        decider=payments,
+        store=MemoryStore(Codec(registry)),
+        middleware=[command_middleware(plugin="pay", errors=errors, logger=logger)],
+    )
+    try:
+        with pytest.raises(DomainError):
+            await commands.handle("acct-1", Pay(4242))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["outcome"] == "rejected"
+    assert line["message"].endswith(": DomainError (domain_rejected)")
+    assert "4242" not in stream.getvalue()
+    assert all("4242" not in entry.message for entry in errors.entries())
