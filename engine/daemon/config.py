@@ -26,6 +26,7 @@ import cattrs
 
 from engine.codec import explain_structure_error
 from engine.errors import ConfigError
+from engine.observability.logging import is_secret_key, redact_text
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
@@ -298,6 +299,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return sections
 
 
+def _hide_secrets(problem: str) -> str:
+    """A problem on a secret key (``store.dsn``, ``http.token``...) without the value given,
+    which may hold the secret: ``http.token: expected a string (the value is not shown)``."""
+    path, sep, detail = problem.partition(": ")
+    if not sep or not is_secret_key(path.rpartition(".")[2]):
+        return redact_text(problem)
+    expected = detail.partition(", got ")[0]
+    return f"{path}: {expected} (the value is not shown: it may be a secret)"
+
+
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -320,7 +331,7 @@ def parse_config(
     try:
         config = _converter().structure(merged, Config)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(explain_structure_error(exc))
+        problems = "; ".join(_hide_secrets(line) for line in explain_structure_error(exc))
         raise ConfigError(f"config error in {source}: {problems}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config error in {source}: {exc}") from None
