@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import EskitError
+from engine.errors import ConfigError, EskitError, PluginError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -40,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    with_config(commands.add_parser("run", help="run the engine until SIGINT/SIGTERM"))
+    run = with_config(commands.add_parser("run", help="run the engine until SIGINT/SIGTERM"))
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback when the engine cannot start or stops on an error "
+        "(also with ESKIT_LOG_LEVEL=DEBUG)",
+    )
     init = commands.add_parser("init", help="scaffold eskit.toml and a plugin package")
     init.add_argument("name", help="the plugin's name (a lowercase identifier)")
     init.add_argument("--dir", default=".", help="where to write (default: here)")
@@ -117,7 +125,49 @@ def _http(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
         raise SystemExit(f"eskit: cannot reach the engine at {url}: {error.reason}") from None
 
 
-def _run(config_path: str | None) -> int:
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _describe_failure(error: BaseException, config: Any) -> str:
+    """One line saying why the engine could not start (or stopped)."""
+    from engine.observability.logging import shorten
+
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {config.http.host}:{config.http.port}: the address is in use "
+            "(another process has that port: stop it or change [http] port)"
+        )
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, EskitError):
+        where = f" ({error.filename})" if error.filename else ""
+        return shorten(f"{error.strerror}{where}")
+    text = " ".join(str(error).split())
+    if isinstance(error, (EskitError, *trio_errors())):
+        return shorten(text or type(error).__name__, 1000)
+    return shorten(f"{type(error).__name__}: {text}" if text else type(error).__name__, 1000)
+
+
+def trio_errors() -> tuple[type[BaseException], ...]:
+    """Trio's resource errors: their text says what happened, the type adds nothing."""
+    import trio
+
+    return (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _report_failure(error: BaseException, config: Any, debug: bool) -> int:
+    """Print why the engine failed, in one line (and the traceback when debugging)."""
+    leaves = _leaves(error)
+    if debug:
+        traceback.print_exception(error)
+    reasons = list(dict.fromkeys(_describe_failure(leaf, config) for leaf in leaves))
+    hint = "" if debug else " (eskit run --debug shows the traceback)"
+    print(f"eskit: {'; '.join(reasons)}{hint}", file=sys.stderr, flush=True)
+    return 2 if all(isinstance(leaf, ConfigError | PluginError) for leaf in leaves) else 1
+
+
+def _run(config_path: str | None, *, debug: bool = False) -> int:
     import trio
 
     from engine.daemon.config import load_config
@@ -126,6 +176,7 @@ def _run(config_path: str | None) -> int:
 
     config = load_config(config_path)
     configure_logging(node_id=config.engine.node_id)
+    debug = debug or os.environ.get("ESKIT_LOG_LEVEL", "").strip().upper() == "DEBUG"
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -154,7 +205,10 @@ def _run(config_path: str | None) -> int:
                     break
         print("stopped", flush=True)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except Exception as error:  # the engine could not start, or stopped on an error
+        return _report_failure(error, config, debug)
     return 0
 
 
@@ -272,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         match args.command:
             case "run":
-                return _run(args.config)
+                return _run(args.config, debug=args.debug)
             case "init":
                 from pathlib import Path
 

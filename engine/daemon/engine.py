@@ -188,13 +188,32 @@ async def _open_sqlite(
     from engine.stores.sqlite import open_sqlite_store
 
     path = config.data_path(config.store.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with open_sqlite_store(
-        path,
-        codec,
-        synchronous=config.store.synchronous,
-        max_event_bytes=config.store.max_event_bytes,
-    ) as store:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # engine.data_dir is a file, or under one, or not writable
+        reason = (
+            "a file is in the way"
+            if isinstance(exc, FileExistsError | NotADirectoryError)
+            else exc.strerror or str(exc)
+        )
+        raise ConfigError(
+            f"engine.data_dir: cannot create the folder {str(path.parent)!r} of the SQLite "
+            f"store: {reason}"
+        ) from None
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(
+                open_sqlite_store(
+                    path,
+                    codec,
+                    synchronous=config.store.synchronous,
+                    max_event_bytes=config.store.max_event_bytes,
+                )
+            )
+        except trio.BrokenResourceError as exc:  # not a database, unreadable, corrupt
+            raise trio.BrokenResourceError(
+                f"cannot open the SQLite store {str(path)!r}: {exc}"
+            ) from exc
         yield store
 
 
@@ -204,17 +223,27 @@ async def _open_postgres(
 ) -> AsyncIterator[Any]:
     from engine.stores.postgres import open_postgres_store
 
-    async with open_postgres_store(
-        config.store.dsn,
-        codec,
-        schema=config.store.schema,
-        max_event_bytes=config.store.max_event_bytes,
-        min_pool_size=config.store.min_pool_size,
-        max_pool_size=config.store.pool_size,
-        read_dsn=config.store.read_dsn or None,
-        read_pool_size=config.store.read_pool_size,
-        name=f"eskit-{config.engine.node_id}",
-    ) as store:
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(
+                open_postgres_store(
+                    config.store.dsn,
+                    codec,
+                    schema=config.store.schema,
+                    max_event_bytes=config.store.max_event_bytes,
+                    min_pool_size=config.store.min_pool_size,
+                    max_pool_size=config.store.pool_size,
+                    read_dsn=config.store.read_dsn or None,
+                    read_pool_size=config.store.read_pool_size,
+                    name=f"eskit-{config.engine.node_id}",
+                )
+            )
+        except trio.BrokenResourceError as exc:  # unreachable, or the login was refused
+            cause = exc.__cause__ or exc
+            reason = " ".join(str(cause).split())  # psycopg's message spans lines
+            raise trio.BrokenResourceError(
+                f"cannot connect to the PostgreSQL store: {redact_text(reason)}"
+            ) from exc
         yield store
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.daemon.test_engine import http
-from tests.servers import free_port
+from tests.servers import PostgresServer, free_port
 
 
 async def start_daemon(config: Path) -> tuple[trio.Process, str]:
@@ -204,3 +207,92 @@ async def test_a_megabyte_stream_id_does_not_freeze_the_daemon(tmp_path: Path) -
     assert logged.count("a" * 300) == 1
     assert "more chars]" in logged
     assert max(len(line) for line in text.splitlines()) < 5000
+
+
+def run_failing(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``eskit run`` with ``config``, expected to fail at start-up (bounded)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "run", "-c", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "ESKIT_LOG_LEVEL": "WARNING"},
+        check=False,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """The run failed with exit code 1 or 2 and one ``eskit:`` line naming the problem."""
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("eskit:")]
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A port another process listens on: one line naming the address, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "eskit.toml"
+        config.write_text(f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[http]\nport = {port}\n')
+        result = run_failing(config)
+    assert_one_line(result, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize("under", ["file", "file/sub"])
+def test_data_dir_that_is_a_file_is_one_line(tmp_path: Path, under: str) -> None:
+    """A data_dir that is a file (or under one) exits 2 with one line naming engine.data_dir."""
+    (tmp_path / "file").write_text("not a folder")
+    config = tmp_path / "eskit.toml"
+    config.write_text(f'[engine]\ndata_dir = "{tmp_path / under}"\n[http]\nport = 0\n')
+    result = run_failing(config)
+    assert_one_line(result, "engine.data_dir", "a file is in the way")
+    assert result.returncode == 2
+
+
+def test_corrupt_events_db_is_one_line(tmp_path: Path) -> None:
+    """An events.db of random bytes: one line naming the file and what is wrong with it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").write_bytes(random.Random(7).randbytes(64 * 1024))
+    config = tmp_path / "eskit.toml"
+    config.write_text(f'[engine]\ndata_dir = "{data}"\n[http]\nport = 0\n')
+    result = run_failing(config)
+    assert_one_line(result, str(data / "events.db"), "not a database")
+    assert result.returncode == 1
+    debug = run_failing(config, "--debug")
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("eskit: cannot open the SQLite")
+
+
+def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
+    """A PostgreSQL nobody listens for (a closed port): one line, the password not shown."""
+    config = tmp_path / "eskit.toml"
+    config.write_text(
+        f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[http]\nport = 0\n'
+        f'[store]\nbackend = "postgres"\n'
+        f'dsn = "postgresql://app:hunter2@127.0.0.1:{free_port()}/app?connect_timeout=5"\n'
+    )
+    result = run_failing(config)
+    assert_one_line(result, "cannot connect to the PostgreSQL store", "refused")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_refused_postgres_login_is_one_line(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """A real PostgreSQL that refuses the login (no such role): one line with the server's reason."""
+    config = tmp_path / "eskit.toml"
+    config.write_text(
+        f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[http]\nport = 0\n'
+        f'[store]\nbackend = "postgres"\n'
+        f'dsn = "postgresql://no_such_role:hunter2@127.0.0.1:{postgres_server.port}/postgres"\n'
+    )
+    result = run_failing(config)
+    assert_one_line(result, "cannot connect to the PostgreSQL store", "no_such_role")
+    assert "hunter2" not in result.stderr + result.stdout
