@@ -171,12 +171,19 @@ class HttpConfig:
 
 @attrs.frozen(kw_only=True)
 class PluginsConfig:
-    """``[plugins]``: which installed plugins run (``None`` = all), extra folders to import
-    them from, and plugins named directly as ``module:attribute``."""
+    """``[plugins]``: which plugins run, where else to find them, and their settings.
+
+    ``enabled`` names the plugins that run, whatever their source (``None``, the key
+    left out: every installed plugin and every module; ``[]``: none). ``paths`` are
+    folders appended to the import path (their ``dist-info`` entry points and package
+    folders are found there). ``modules`` names plugins as ``module:attribute``.
+    ``[plugins.settings.NAME]`` tables go to plugin ``NAME``'s factory.
+    """
 
     enabled: tuple[str, ...] | None = None
     paths: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
+    settings: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -285,7 +292,24 @@ def _converter() -> cattrs.Converter:
         lambda t: t == tuple[str, ...] | None,
         lambda v, t: None if v is None else _structure_names(v, t),
     )
+    converter.register_structure_hook_func(
+        lambda t: t == Mapping[str, Mapping[str, Any]], _structure_settings
+    )
     return converter
+
+
+def _structure_settings(value: Any, _: type) -> Mapping[str, Mapping[str, Any]]:
+    """``[plugins.settings]``: a table of tables, kept as TOML gave them (each plugin
+    structures its own with its own classes)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of tables, one per plugin ([plugins.settings.NAME])")
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(
+                f"{name}: expected a table ([plugins.settings.{name}]), got a "
+                f"{type(table).__name__}"
+            )
+    return {str(name): dict(table) for name, table in value.items()}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -893,7 +893,10 @@ async def open_engine(
     """
     if plugins is None:
         plugins = load_plugins(
-            config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+            config.plugins.enabled,
+            paths=config.plugins.paths,
+            modules=config.plugins.modules,
+            settings=config.plugins.settings,
         )
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
     data_dir = Path(config.engine.data_dir)

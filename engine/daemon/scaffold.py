@@ -228,9 +228,13 @@ host = "127.0.0.1"
 port = 8080
 
 [plugins]
-enabled = []                  # installed plugins to run (omit the key for all of them)
+enabled = ["{name}"]          # the plugins that run (omit the key: every installed one)
 paths = ["{name}"]            # run the plugin from its folder without installing it
 modules = ["{pkg}.plugin:plugin"]
+
+# Settings for a plugin's factory (see docs/deployment.md, "Plugin settings"):
+# [plugins.settings.{name}]
+# limit = 1000
 """
 
 _PYTEST = """\
