@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,12 +15,35 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.errors import ConfigError, EskitError, PluginError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: The config file ``eskit init`` writes, read from the current folder when present.
+DEFAULT_CONFIG = "eskit.toml"
+#: The exit code of a command whose output pipe was closed (128 + SIGPIPE, as a shell
+#: reports a Unix tool that SIGPIPE stopped).
+BROKEN_PIPE_EXIT = 141
+
+
+def config_path(given: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The config file to read: ``-c``, else ``$ESKIT_CONFIG``, else ``./eskit.toml`` when
+    it exists, else ``None`` (the embedded default)."""
+    env = os.environ if environ is None else environ
+    if given:
+        return given
+    if env.get("ESKIT_CONFIG"):
+        return env["ESKIT_CONFIG"]
+    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None
+
+
+def describe_config(path: str | None) -> str:
+    """Which config is used, for the start-up lines and the log."""
+    if path is None:
+        return f"the embedded default (no -c, no $ESKIT_CONFIG, no ./{DEFAULT_CONFIG})"
+    return os.path.abspath(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "-c",
             "--config",
-            default=os.environ.get("ESKIT_CONFIG"),
-            help="TOML config file (default: $ESKIT_CONFIG, else the embedded default)",
+            help=f"TOML config file (default: $ESKIT_CONFIG, else ./{DEFAULT_CONFIG} when "
+            "there is one, else the embedded default)",
         )
         return sub
 
@@ -176,6 +200,7 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
 
     config = load_config(config_path)
     configure_logging(node_id=config.engine.node_id)
+    logging.getLogger("eskit.engine").info("config: %s", describe_config(config_path))
     debug = debug or os.environ.get("ESKIT_LOG_LEVEL", "").strip().upper() == "DEBUG"
 
     async def main() -> None:
@@ -183,6 +208,7 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
             async with open_engine(config) as engine:
                 plugins = ", ".join(sorted(engine.plugins)) or "none"
                 print(f"eskit engine {config.engine.node_id!r} running", flush=True)
+                print(f"  config:  {describe_config(config_path)}", flush=True)
                 print(f"  store:   {config.store.backend}", flush=True)
                 print(f"  plugins: {plugins}", flush=True)
                 print(f"  runners: {', '.join(sorted(engine.runners)) or 'none'}", flush=True)
@@ -228,7 +254,10 @@ def _events(
 
     config = load_config(config_path)
     plugins = load_plugins(
-        config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
     )
     codec: Codec[Any] = Codec(merged_registry(plugins))
 
@@ -319,10 +348,83 @@ def _dead_letters(url: str, token: str, runner: str | None, discard: list[str] |
     return 0
 
 
+def _load_enabled_plugins(config: Any) -> list[Any]:
+    from engine.daemon.plugins import load_plugins
+
+    return load_plugins(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
+    )
+
+
+def _check_config(path: str | None) -> int:
+    """Validate the config and load its plugins as ``eskit run`` would (a misspelled
+    plugin name fails here, not at start-up)."""
+    from engine.daemon.config import load_config
+    from engine.daemon.engine import merged_registry
+
+    config = load_config(path)
+    plugins = _load_enabled_plugins(config)
+    merged_registry(plugins)  # two plugins registering one event type fail here too
+    print(f"config: {describe_config(path)}")
+    print(
+        f"config ok: store {config.store.backend}, http {config.http.host}:{config.http.port}, "
+        f"plugins {', '.join(sorted(p.name for p in plugins)) or 'none'}"
+    )
+    return 0
+
+
+def _plugins(path: str | None) -> int:
+    """Every plugin found, whether it will run, and what the running ones provide."""
+    from engine.daemon.config import load_config
+    from engine.daemon.plugins import plan_plugins
+
+    config = load_config(path)
+    print(f"config: {describe_config(path)}")
+    enabled = config.plugins.enabled
+    if enabled is None:
+        print("enabled: every installed plugin and module ([plugins] enabled is not set)")
+    else:
+        print(f"enabled: {', '.join(enabled) or 'none (enabled = [])'}")
+    for source in plan_plugins(
+        config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+    ):
+        state = "runs" if source.enabled else "off"
+        print(
+            f"{source.name:<24} {state:<5} {source.kind:<12} {source.distribution:<24} "
+            f"{source.target}"
+        )
+    plugins = _load_enabled_plugins(config)
+    print(f"will run: {', '.join(p.name for p in plugins) or 'nothing'}")
+    for plugin in plugins:
+        commands = sorted(n for b in plugin.commands for n in b.command_names())
+        print(f"  {plugin.name}: {plugin.description}")
+        print(f"    commands: {', '.join(commands) or '-'}")
+        print(f"    projections: {', '.join(p.name for p in plugin.projections) or '-'}")
+        print(f"    automations: {', '.join(plugin.reactors) or '-'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "config"):
+        args.config = config_path(args.config)
+    try:
+        return _command(parser, args)
+    except BrokenPipeError:
+        # The reader went away (`eskit events | head`): stop quietly, as Unix tools do.
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         match args.command:
             case "run":
@@ -346,33 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
             case "check-config":
-                from engine.daemon.config import load_config
-
-                config = load_config(args.config)
-                print(
-                    f"config ok: store {config.store.backend}, http {config.http.host}:{config.http.port}"
-                )
-                return 0
+                return _check_config(args.config)
             case "plugins":
-                from engine.daemon.config import load_config
-                from engine.daemon.plugins import available_plugins, load_plugins
-
-                config = load_config(args.config)
-                for source in available_plugins(config.plugins.paths):
-                    print(f"{source.name:<16} {source.distribution:<24} {source.target}")
-                for plugin in load_plugins(
-                    config.plugins.enabled,
-                    paths=config.plugins.paths,
-                    modules=config.plugins.modules,
-                ):
-                    commands = sorted(n for b in plugin.commands for n in b.command_names())
-                    print(f"  {plugin.name}: {plugin.description}")
-                    print(f"    commands: {', '.join(commands) or '-'}")
-                    print(
-                        f"    projections: {', '.join(p.name for p in plugin.projections) or '-'}"
-                    )
-                    print(f"    automations: {', '.join(plugin.reactors) or '-'}")
-                return 0
+                return _plugins(args.config)
             case "events":
                 return _events(args.config, args.stream_id, args.after, args.limit, args.follow)
             case "send":

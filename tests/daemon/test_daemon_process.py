@@ -296,3 +296,44 @@ def test_refused_postgres_login_is_one_line(
     result = run_failing(config)
     assert_one_line(result, "cannot connect to the PostgreSQL store", "no_such_role")
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def read_one_line_and_close(config: Path) -> tuple[bytes, str, int]:
+    """Run ``eskit events``, read its first line and close the pipe as ``head -1`` does;
+    return that line, what it wrote to stderr, and its exit code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "events", "-c", str(config), "--limit", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+        return first, proc.stderr.read().decode(), code
+
+
+async def test_a_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:
+    """``eskit events | head -1``: when the reader goes, eskit stops without a traceback
+    and exits 141 (128 + SIGPIPE), as Unix tools do."""
+    from eskit_bank.domain import AccountOpened, bank_registry
+
+    from engine.codec import Codec
+    from engine.events import NewEvent
+    from engine.stores.sqlite import open_sqlite_store
+
+    data = tmp_path / "data"
+    data.mkdir()
+    async with open_sqlite_store(data / "events.db", Codec(bank_registry())) as store:
+        for batch in range(10):  # about 1 MB of JSON lines: far more than a pipe holds
+            await store.append(f"acc-{batch}", [NewEvent(AccountOpened(100))] * 500)
+    config = tmp_path / "eskit.toml"
+    config.write_text(f'[engine]\ndata_dir = "{data}"\n[plugins]\nenabled = ["bank"]\n')
+    with trio.fail_after(60):
+        first, errors, code = await trio.to_thread.run_sync(read_one_line_and_close, config)
+    assert b'"bank.AccountOpened"' in first
+    assert errors == ""
+    assert code == 141

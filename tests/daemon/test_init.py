@@ -111,3 +111,34 @@ paths = ["{site}"]
     finally:
         code, output = await stop_daemon(proc)
     assert code == 0, output
+
+
+async def test_run_reads_the_eskit_toml_that_init_wrote(tmp_path: Path) -> None:
+    """``eskit init shop`` then ``eskit run`` (no -c) runs with ./eskit.toml, says so, runs shop."""
+    assert eskit("init", "shop", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "engine", "run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**env, "ESKIT_LOG_LEVEL": "INFO", "ESKIT_HTTP__PORT": str(free_port())},
+    )
+    assert proc.stdout is not None
+    output = b""
+    try:
+        with trio.fail_after(60):
+            while b"ready (stop" not in output:
+                chunk = await proc.stdout.receive_some(4096)
+                if not chunk:
+                    raise AssertionError(f"daemon exited early:\n{output.decode()}")
+                output += chunk
+    finally:
+        code, rest = await stop_daemon(proc)
+    text = output.decode() + rest
+    assert code == 0, text
+    used = str(tmp_path / "eskit.toml")
+    assert f"config:  {used}" in text
+    assert f"eskit.engine: config: {used}" in text
+    assert "plugins: shop" in text
+    assert (tmp_path / "eskit-data" / "events.db").exists()
