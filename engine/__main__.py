@@ -199,9 +199,17 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
     from engine.observability.logging import configure_logging
 
     config = load_config(config_path)
-    configure_logging(node_id=config.engine.node_id)
+    env = os.environ
+    # ESKIT_LOG_* override [logging]; configure_logging reads them where we pass None.
+    configure_logging(
+        node_id=config.engine.node_id,
+        json_format=None if env.get("ESKIT_LOG_FORMAT") else config.logging.format == "json",
+        level=None if env.get("ESKIT_LOG_LEVEL") else config.logging.level,
+        access_log=None if env.get("ESKIT_LOG_ACCESS") else config.logging.access_log,
+        lean_records=True,
+    )
     logging.getLogger("eskit.engine").info("config: %s", describe_config(config_path))
-    debug = debug or os.environ.get("ESKIT_LOG_LEVEL", "").strip().upper() == "DEBUG"
+    debug = debug or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

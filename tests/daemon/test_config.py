@@ -119,3 +119,24 @@ def test_errors_never_echo_a_secret(document: dict[str, object], key: str) -> No
     assert f"{key}: expected a string (the value is not shown" in message
     assert "hunter2" not in message
     assert "4815162342" not in message
+
+
+def test_logging_section() -> None:
+    """``[logging]``: INFO, text, no access log by default; names are checked, any case."""
+    assert (Config().logging.level, Config().logging.format, Config().logging.access_log) == (
+        "INFO",
+        "text",
+        False,
+    )
+    config = parse_config(
+        {"logging": {"level": "debug", "format": "JSON", "access_log": True}}, environ={}
+    )
+    assert (config.logging.level, config.logging.format, config.logging.access_log) == (
+        "DEBUG",
+        "json",
+        True,
+    )
+    with pytest.raises(ConfigError, match=r"logging\.level: must be one of DEBUG"):
+        parse_config({"logging": {"level": "loud"}}, environ={})
+    with pytest.raises(ConfigError, match=r"logging\.format: must be one of text, json"):
+        parse_config({"logging": {"format": "xml"}}, environ={})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,17 +19,28 @@ from tests.daemon.test_engine import http
 from tests.servers import PostgresServer, free_port
 
 
-async def start_daemon(config: Path) -> tuple[trio.Process, str]:
+async def start_daemon(
+    config: Path, *, env: Mapping[str, str] | None = None
+) -> tuple[trio.Process, str]:
     """Start ``eskit run`` and wait for its "ready" line; return the process and base URL.
 
-    The daemon logs warnings only: nobody reads its pipe after the "ready" line, and a
-    log line per request would fill the pipe and block the engine under load.
+    The daemon logs warnings only (unless ``env`` says otherwise): nobody reads its pipe
+    after the "ready" line, and a log line per request would fill the pipe and block the
+    engine under load.
     """
+    proc, url, _ = await start_daemon_with_output(config, env=env)
+    return proc, url
+
+
+async def start_daemon_with_output(
+    config: Path, *, env: Mapping[str, str] | None = None
+) -> tuple[trio.Process, str, str]:
+    """:func:`start_daemon`, also returning what the daemon printed up to "ready"."""
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "engine", "run", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "ESKIT_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "ESKIT_LOG_LEVEL": "WARNING"} if env is None else dict(env),
     )
     assert proc.stdout is not None
     output = b""
@@ -42,7 +55,7 @@ async def start_daemon(config: Path) -> tuple[trio.Process, str]:
         for line in output.decode().splitlines()
         if line.strip().startswith("http:")
     )
-    return proc, url
+    return proc, url, output.decode()
 
 
 async def stop_daemon(proc: trio.Process) -> tuple[int, str]:
@@ -160,7 +173,12 @@ async def test_a_megabyte_stream_id_does_not_freeze_the_daemon(tmp_path: Path) -
         [sys.executable, "-m", "engine", "run", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "ESKIT_LOG_LEVEL": "INFO", "ESKIT_LOG_FORMAT": "text"},
+        env={
+            **os.environ,
+            "ESKIT_LOG_LEVEL": "INFO",
+            "ESKIT_LOG_FORMAT": "text",
+            "ESKIT_LOG_ACCESS": "on",
+        },
     )
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -337,3 +355,41 @@ async def test_a_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:
     assert b'"bank.AccountOpened"' in first
     assert errors == ""
     assert code == 141
+
+
+async def test_logging_section_and_its_environment_overrides(tmp_path: Path) -> None:
+    """``[logging]`` sets the format and the access log; ESKIT_LOG_* override it; by default
+    a command leaves no line (the access log is off)."""
+    port = free_port()
+    config = tmp_path / "eskit.toml"
+    base = f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[http]\nport = {port}\n'
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+
+    async def run_one(text: str, **env: str) -> str:
+        config.write_text(base + text)
+        proc, url, started = await start_daemon_with_output(config, env={**clean, **env})
+        try:
+            status, _ = await http(
+                f"{url}/commands/bank/OpenAccount",
+                method="POST",
+                body={"stream_id": f"acc-{len(text)}-{len(env)}", "data": {"initial_balance": 1}},
+            )
+            assert status == 200
+        finally:
+            code, output = await stop_daemon(proc)
+        assert code == 0, output
+        return started + output
+
+    output = await run_one('[logging]\nformat = "json"\naccess_log = true\n')
+    [line] = [json.loads(text) for text in output.splitlines() if '"eskit.commands"' in text]
+    assert (line["command_type"], line["outcome"]) == ("OpenAccount", "handled")
+    output = await run_one(
+        '[logging]\nformat = "json"\naccess_log = true\n',
+        ESKIT_LOG_ACCESS="off",
+        ESKIT_LOG_FORMAT="text",
+    )
+    assert "eskit.commands" not in output
+    assert " INFO    " in output  # text lines, at the default level
+    output = await run_one("")
+    assert "eskit.commands" not in output
+    assert "eskit.engine: config:" in output
