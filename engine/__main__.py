@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="scaffold eskit.toml and a plugin package")
     init.add_argument("name", help="the plugin's name (a lowercase identifier)")
     init.add_argument("--dir", default=".", help="where to write (default: here)")
+    init.add_argument(
+        "--package", help="the import package (default: the plugin's name)", default=None
+    )
+    init.add_argument(
+        "--distribution",
+        help="the name pip installs it as (default: the plugin's name, '-' for '_')",
+        default=None,
+    )
     with_config(commands.add_parser("check-config", help="validate a config and print it"))
     with_config(commands.add_parser("plugins", help="list the installed plugins"))
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
@@ -443,7 +451,12 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 from engine.daemon.scaffold import ScaffoldError, scaffold
 
                 try:
-                    written = scaffold(args.name, Path(args.dir))
+                    written = scaffold(
+                        args.name,
+                        Path(args.dir),
+                        package=args.package,
+                        distribution=args.distribution,
+                    )
                 except ScaffoldError as error:
                     print(f"eskit: {error}", file=sys.stderr)
                     return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,34 @@ async def test_run_reads_the_eskit_toml_that_init_wrote(tmp_path: Path) -> None:
     assert f"eskit.engine: config: {used}" in text
     assert "plugins: shop" in text
     assert (tmp_path / "eskit-data" / "events.db").exists()
+
+
+def test_init_names_the_package_and_distribution_apart(tmp_path: Path) -> None:
+    """``--package`` and ``--distribution`` name the import package and the pip name; the
+    plugin keeps its own name, runs from ./eskit.toml, and its specs pass."""
+    result = eskit(
+        "init", "shop", "--package", "shop_core", "--distribution", "acme-shop", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    project = tomllib.loads((tmp_path / "shop" / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "acme-shop"
+    assert project["project"]["entry-points"]["eskit.plugins"] == {
+        "shop": "shop_core.plugin:plugin"
+    }
+    assert (tmp_path / "shop" / "shop_core" / "plugin.py").is_file()
+    plugins = eskit("plugins", cwd=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    assert "will run: shop" in plugins.stdout
+    specs = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "shop"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "4 passed" in specs.stdout, specs.stdout + specs.stderr
+    for bad in (["--package", "engine"], ["--package", "Shop"], ["--distribution", "-x-"]):
+        refused = eskit("init", "other", *bad, cwd=tmp_path)
+        assert refused.returncode == 2
+        assert "name" in refused.stderr
