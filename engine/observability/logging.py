@@ -21,18 +21,21 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import orjson
 
 __all__ = [
     "ACCESS_LOGGERS",
+    "DEFAULT_REPEAT_WINDOW",
     "MAX_MESSAGE_CHARS",
     "MAX_VALUE_CHARS",
     "REDACTED",
     "JsonFormatter",
+    "RepeatFilter",
     "TextFormatter",
     "configure_logging",
     "is_secret_key",
@@ -231,6 +234,9 @@ class TextFormatter(logging.Formatter):
             f"{self._second(created)},{int(created * 1000) % 1000:03d} "
             f"{record.levelname:<7} {self._prefix}{record.name}: {_message(record)}"
         )
+        repeated = getattr(record, "repeated", None)
+        if repeated:
+            line = f"{line} (and {repeated} more like it since its last line)"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -243,6 +249,65 @@ class TextFormatter(logging.Formatter):
 #: The loggers of the access log: one line per command (handled or rejected by the
 #: domain; a failed command is a WARNING and always logged) and per HTTP request.
 ACCESS_LOGGERS = ("eskit.commands", "eskit.http.access")
+
+#: Seconds between two lines of one repeated warning (see :class:`RepeatFilter`).
+DEFAULT_REPEAT_WINDOW = 30.0
+
+
+class RepeatFilter(logging.Filter):
+    """Says a repeated warning once, then once per ``window`` with how often it recurred.
+
+    A warning (or error) is "the same" when its logger, level and message template are:
+    ``waiting for %r: NATS unavailable (%s)`` from every runner of a node whose NATS
+    server is gone is one problem, not a line every half second. The first record passes;
+    the next ones within ``window`` seconds are counted and dropped; the first one after
+    the window passes with ``repeated`` (an extra field, and a suffix of the text line)
+    saying how many were dropped. The access log is never filtered. Time is the records'
+    own ``created`` stamp.
+
+    Args:
+        window: Seconds between two lines of one repeated warning.
+        level: Records below this level always pass.
+        exempt: Loggers whose records always pass.
+        max_keys: How many templates are tracked (the oldest is forgotten beyond it).
+    """
+
+    def __init__(
+        self,
+        window: float = DEFAULT_REPEAT_WINDOW,
+        *,
+        level: int = logging.WARNING,
+        exempt: Sequence[str] = ACCESS_LOGGERS,
+        max_keys: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.level = level
+        self.exempt = frozenset(exempt)
+        self.max_keys = max_keys
+        self._seen: dict[tuple[str, int, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is written (and with what ``repeated`` count)."""
+        if record.levelno < self.level or record.name in self.exempt:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        with self._lock:
+            state = self._seen.get(key)
+            if state is None:
+                if len(self._seen) >= self.max_keys:
+                    del self._seen[next(iter(self._seen))]
+                self._seen[key] = [record.created, 0]
+                return True
+            if record.created - state[0] < self.window:
+                state[1] += 1
+                return False
+            dropped = int(state[1])
+            state[0], state[1] = record.created, 0
+        if dropped:
+            record.repeated = dropped
+        return True
 
 _ON = {"true", "yes", "on", "1"}
 
@@ -257,6 +322,7 @@ def configure_logging(
     environ: Mapping[str, str] | None = None,
     access_log: bool | None = None,
     lean_records: bool = False,
+    repeat_window: float | None = DEFAULT_REPEAT_WINDOW,
 ) -> logging.Handler:
     """Send log records to ``stream`` as JSON lines or text; replace an earlier setup.
 
@@ -275,6 +341,8 @@ def configure_logging(
             thread and process names) when records are made: the standard library's
             documented switches, process-wide, so only for a process eskit owns
             (``eskit run``).
+        repeat_window: A repeated warning is written once, then once per this many
+            seconds with its count (:class:`RepeatFilter`); ``None`` writes every one.
 
     Returns:
         The installed handler (remove it with ``logger.removeHandler``).
@@ -296,6 +364,8 @@ def configure_logging(
         else TextFormatter(node_id)
     )
     handler.setFormatter(formatter)
+    if repeat_window is not None:
+        handler.addFilter(RepeatFilter(repeat_window))
     target.addHandler(handler)
     target.setLevel(level)
     if access_log is None and env.get("ESKIT_LOG_ACCESS", "").strip():

@@ -310,3 +310,37 @@ async def test_a_domain_rejection_logs_its_code_not_its_message() -> None:
     assert line["message"].endswith(": DomainError (domain_rejected)")
     assert "4242" not in stream.getvalue()
     assert all("4242" not in entry.message for entry in errors.entries())
+
+
+def test_a_repeated_warning_is_said_once_then_summarised() -> None:
+    """A warning every 0.5 s (NATS gone, runners waiting) makes one line, then one per
+    window saying how many were dropped; other templates and the access log pass."""
+    stream = io.StringIO()
+    logger = logging.getLogger("eskit.test.repeats")
+    handler = configure_logging(
+        logger=logger, stream=stream, level="INFO", environ={}, repeat_window=30.0
+    )
+    try:
+
+        def warn(at: float, message: str, *args: Any, name: str = "eskit.locks.nats") -> None:
+            made = logging.LogRecord(name, logging.WARNING, __file__, 1, message, args, None)
+            made.created = at
+            handler.handle(made)
+
+        for tick in range(130):  # 65 s of a warning every half second, from two runners
+            runner = f"runner-{tick % 2}"
+            warn(1000 + tick * 0.5, "waiting for %r: NATS unavailable (%s)", runner, "refused")
+        warn(1001, "lost the lease on %r: %s", "runner-0", "expired")
+        warn(1002, "command %s failed", "Deposit", name="eskit.commands")
+        warn(1003, "command %s failed", "Deposit", name="eskit.commands")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    waiting = [line for line in lines if "NATS unavailable" in line]
+    assert len(waiting) == 3  # at 0 s, at 30 s and at 60 s
+    assert waiting[0].endswith("'runner-0': NATS unavailable (refused)")
+    assert waiting[1].endswith("(and 59 more like it since its last line)")
+    assert waiting[2].endswith("(and 59 more like it since its last line)")
+    assert sum("lost the lease" in line for line in lines) == 1
+    assert sum("eskit.commands" in line for line in lines) == 2
