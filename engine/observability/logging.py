@@ -309,6 +309,7 @@ class RepeatFilter(logging.Filter):
             record.repeated = dropped
         return True
 
+
 _ON = {"true", "yes", "on", "1"}
 
 
