@@ -267,6 +267,7 @@ def _events(
     from engine.daemon.config import load_config
     from engine.daemon.engine import merged_registry, open_store_from_config
     from engine.daemon.plugins import load_plugins
+    from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 
     config = load_config(config_path)
     plugins = load_plugins(
@@ -275,7 +276,8 @@ def _events(
         modules=config.plugins.modules,
         settings=config.plugins.settings,
     )
-    codec: Codec[Any] = Codec(merged_registry(plugins))
+    # Events of types no enabled plugin knows are printed as stored ("unknown_type").
+    codec: Codec[Any] = tolerant_codec(Codec(merged_registry(plugins)))
 
     async def main() -> None:
         cursor = after
@@ -296,14 +298,17 @@ def _events(
 
     def print_events(events: list[Any]) -> None:
         for event in events:
+            unknown = isinstance(event.data, UnknownEventData)
             record = {
                 "position": event.position,
                 "stream_id": event.stream_id,
                 "version": event.version,
                 "type": event.type,
-                "data": codec._conv.unstructure(event.data),
+                "data": event.data.payload if unknown else codec._conv.unstructure(event.data),
                 "recorded_at": event.recorded_at.isoformat(),
             }
+            if unknown:
+                record["unknown_type"] = True
             print(json.dumps(record, ensure_ascii=False), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow

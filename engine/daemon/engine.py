@@ -42,6 +42,7 @@ from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, 
 from engine.daemon.config import Config, NatsConfig
 from engine.daemon.http import HttpError, HttpIngress, serve_http, status_for
 from engine.daemon.plugins import load_plugins
+from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import CodecError, ConfigError, DuplicateEventTypeError, PluginError
@@ -519,6 +520,8 @@ class Engine:
     projections: dict[str, _ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
     #: Projection name -> its last rebuild on this node (state, versions, progress).
     rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
+    #: The store as GET /events and /streams read it (unknown types shown raw).
+    reader: Any = attrs.field(default=None, kw_only=True)
     _background: trio.Nursery | None = attrs.field(default=None, kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
@@ -651,12 +654,14 @@ class Engine:
 
     async def read_stream(self, stream_id: str, *, after: int, limit: int) -> dict[str, Any]:
         """A page of one stream's events, as JSON-ready dicts."""
-        events = await self.store.load(stream_id, after_version=after, limit=limit)
+        events = await (self.reader or self.store).load(stream_id, after_version=after, limit=limit)
         return {"stream_id": stream_id, "events": [self.event_json(e) for e in events]}
 
     async def read_log(self, *, after: int, limit: int) -> dict[str, Any]:
         """A page of the global log, as JSON-ready dicts."""
-        events = await self.store.read_all(after_position=after, limit=max(limit, 1))
+        events = await (self.reader or self.store).read_all(
+            after_position=after, limit=max(limit, 1)
+        )
         head = await self.store.head_position()
         return {"head": head, "events": [self.event_json(e) for e in events]}
 
@@ -834,17 +839,22 @@ class Engine:
     # -- helpers ----------------------------------------------------------------------
 
     def event_json(self, event: Event[Any]) -> dict[str, Any]:
-        """A stored event as a JSON-ready dict."""
-        return {
+        """A stored event as a JSON-ready dict (a type no plugin knows: its payload as
+        stored, with ``"unknown_type": true``)."""
+        unknown = isinstance(event.data, UnknownEventData)
+        document = {
             "stream_id": event.stream_id,
             "version": event.version,
             "position": event.position,
             "type": event.type,
-            "data": self._plain(event.data),
+            "data": event.data.payload if unknown else self._plain(event.data),
             "metadata": dict(event.metadata),
             "event_id": str(event.event_id),
             "recorded_at": event.recorded_at.isoformat(),
         }
+        if unknown:
+            document["unknown_type"] = True
+        return document
 
     def _plain(self, value: Any) -> Any:
         return self.codec._conv.unstructure(value)
@@ -913,6 +923,15 @@ async def open_engine(
         store: InstrumentedStore[Any] = InstrumentedStore(
             raw_store, profiler=profiler, metrics=metrics
         )
+        # GET /events and /streams show events of types no plugin knows (TolerantCodec);
+        # the same store with that codec (the memory store holds only our own types).
+        reader: Any = store
+        if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
+            reader = InstrumentedStore(
+                attrs.evolve(raw_store, codec=tolerant_codec(codec)),
+                profiler=profiler,
+                metrics=metrics,
+            )
         # The memory backend keeps no checkpoints of its own: they live in memory too.
         checkpoints: CheckpointStore = (
             store
@@ -947,6 +966,7 @@ async def open_engine(
             model=model,
             errors=errors,
             started_at=trio.current_time(),
+            reader=reader,
         )
         handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
         for plugin in plugins:
