@@ -8,8 +8,12 @@ writing to a file, in three settings: ``quiet`` (level WARNING: no line per comm
 (level INFO with the access log on: one line per command). The settings take turns;
 the median of each is reported, with its cost against ``quiet``.
 
+``line`` times the log call path alone instead (steadier than whole commands on a shared
+machine): the access-log check with the access log off (the default), and one access-log
+line in text and in JSON, written to /dev/null.
+
 Not a test: the machine is shared and noisy, so compare the ratio of one run.
-Run: .venv/bin/python -m benchmarks.logging_quick [text|json] [rounds]
+Run: .venv/bin/python -m benchmarks.logging_quick [text|json|line] [rounds]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import timeit
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -76,8 +81,62 @@ async def _rate(store: Any, run: int) -> float:
     return watch.rate(TASKS * PER_TASK)
 
 
+def _line_costs() -> None:
+    """Microseconds per call of the log path, best of 5."""
+    log = logging.getLogger("eskit.commands")
+    root = logging.getLogger()
+
+    def line() -> None:
+        log.info(
+            "command %s on %r -> %d event(s), v%d%s in %.2f ms",
+            *("Deposit", "acc-12", 1, 7, "", 0.52),
+            extra={
+                "stream_id": "acc-12",
+                "command_type": "Deposit",
+                "command_id": None,
+                "node_id": "bench-node",
+                "plugin": "bank",
+                "outcome": "handled",
+                "events": 1,
+                "version": 7,
+                "duplicate": False,
+                "duration_ms": 0.52,
+            },
+        )
+
+    def best(fn: Callable[[], object], number: int) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+    with open("/dev/null", "w", encoding="utf-8") as sink:
+        for label, json_format, access in (
+            ("access log off (the default): the check", False, False),
+            ("access log on, text line", False, True),
+            ("access log on, JSON line", True, True),
+        ):
+            handler = configure_logging(
+                json_format=json_format,
+                level="INFO",
+                stream=sink,
+                environ={},
+                access_log=access,
+                lean_records=True,
+            )
+            try:
+                cost = (
+                    best(lambda: log.isEnabledFor(logging.INFO), 1_000_000)
+                    if not access
+                    else best(line, 50_000)
+                )
+            finally:
+                root.removeHandler(handler)
+            print(f"{label:<44} {cost:8.3f} us per command", flush=True)
+
+
 def main(argv: list[str]) -> None:
     """Print commands/s per logging setting and backend, and what the log line costs."""
+    if argv and argv[0] == "line":
+        _line_costs()
+        return
     json_format = (argv[0] if argv else "text") == "json"
     rounds = int(argv[1]) if len(argv) > 1 else 5
     backends: dict[str, Callable[[Path], AbstractAsyncContextManager[Any]]] = {
