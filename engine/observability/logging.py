@@ -336,7 +336,7 @@ def configure_logging(
         logger: The logger to configure (the root logger by default).
         environ: Where the defaults are read (``os.environ`` by default).
         access_log: Whether the :data:`ACCESS_LOGGERS` log below WARNING (their INFO
-            line per command costs about a fifth of an in-process command's time); by
+            line per command costs a third of an in-process command's time); by
             default ``ESKIT_LOG_ACCESS`` (``on``/``off``) when set, else left as it is.
         lean_records: Skip what no eskit formatter shows (the caller's file and line,
             thread and process names) when records are made: the standard library's
