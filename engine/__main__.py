@@ -188,14 +188,14 @@ def trio_errors() -> tuple[type[BaseException], ...]:
     return (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _report_failure(error: BaseException, config: Any, debug: bool) -> int:
+def _report_failure(error: BaseException, config: Any, debug: bool, *, hint: bool = True) -> int:
     """Print why the engine failed, in one line (and the traceback when debugging)."""
     leaves = _leaves(error)
     if debug:
         traceback.print_exception(error)
     reasons = list(dict.fromkeys(_describe_failure(leaf, config) for leaf in leaves))
-    hint = "" if debug else " (eskit run --debug shows the traceback)"
-    print(f"eskit: {'; '.join(reasons)}{hint}", file=sys.stderr, flush=True)
+    hint_text = " (eskit run --debug shows the traceback)" if hint and not debug else ""
+    print(f"eskit: {'; '.join(reasons)}{hint_text}", file=sys.stderr, flush=True)
     return 2 if all(isinstance(leaf, ConfigError | PluginError) for leaf in leaves) else 1
 
 
@@ -311,8 +311,13 @@ def _events(
                 record["unknown_type"] = True
             print(json.dumps(record, ensure_ascii=False), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
-        trio.run(main)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
+            trio.run(main)
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except Exception as error:  # the store cannot be opened or read: one line
+        return _report_failure(error, config, debug=False, hint=False)
     return 0
 
 

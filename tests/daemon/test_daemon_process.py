@@ -274,7 +274,8 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path: Path, under: str) -> None
 
 
 def test_corrupt_events_db_is_one_line(tmp_path: Path) -> None:
-    """An events.db of random bytes: one line naming the file and what is wrong with it."""
+    """An events.db of random bytes: one line naming the file and what is wrong with it, from
+    ``eskit run`` and from ``eskit events``."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "events.db").write_bytes(random.Random(7).randbytes(64 * 1024))
@@ -286,6 +287,16 @@ def test_corrupt_events_db_is_one_line(tmp_path: Path) -> None:
     debug = run_failing(config, "--debug")
     assert "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("eskit: cannot open the SQLite")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESKIT_")}
+    events = subprocess.run(
+        [sys.executable, "-m", "engine", "events", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert_one_line(events, str(data / "events.db"), "not a database")
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
