@@ -405,7 +405,7 @@ def _check_config(path: str | None) -> int:
 def _plugins(path: str | None) -> int:
     """Every plugin found, whether it will run, and what the running ones provide."""
     from engine.daemon.config import load_config
-    from engine.daemon.plugins import plan_plugins
+    from engine.daemon.plugins import load_plugin_sources, plan_plugins
 
     config = load_config(path)
     print(f"config: {describe_config(path)}")
@@ -414,15 +414,23 @@ def _plugins(path: str | None) -> int:
         print("enabled: every installed plugin and module ([plugins] enabled is not set)")
     else:
         print(f"enabled: {', '.join(enabled) or 'none (enabled = [])'}")
+    loaded = load_plugin_sources(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
+    )
+    running = {(source.kind, source.target): source.name for _, source in loaded}
     for source in plan_plugins(
         config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
     ):
-        state = "runs" if source.enabled else "off"
+        runs = (source.kind, source.target) in running
+        name = running.get((source.kind, source.target), source.name)
         print(
-            f"{source.name:<24} {state:<5} {source.kind:<12} {source.distribution:<24} "
-            f"{source.target}"
+            f"{name:<24} {'runs' if runs else 'off':<5} {source.kind:<12} "
+            f"{source.distribution:<24} {source.target}"
         )
-    plugins = _load_enabled_plugins(config)
+    plugins = [plugin for plugin, _ in loaded]
     print(f"will run: {', '.join(p.name for p in plugins) or 'nothing'}")
     for plugin in plugins:
         commands = sorted(n for b in plugin.commands for n in b.command_names())

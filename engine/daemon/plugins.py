@@ -42,6 +42,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginSource",
     "available_plugins",
+    "load_plugin_sources",
     "load_plugins",
     "plan_plugins",
 ]
@@ -238,10 +239,23 @@ def load_plugins(
             :class:`~engine.plugin.Plugin`, has settings it cannot take, or two plugins
             share a name.
     """
+    loaded = load_plugin_sources(enabled, paths=paths, modules=modules, settings=settings)
+    return [plugin for plugin, _ in loaded]
+
+
+def load_plugin_sources(
+    enabled: Sequence[str] | None = None,
+    *,
+    paths: Sequence[str] = (),
+    modules: Sequence[str] = (),
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[tuple[Plugin, PluginSource]]:
+    """:func:`load_plugins`, with the source each plugin came from (a module's source
+    carries the name of the Plugin it yielded)."""
     settings = settings or {}
     wanted = None if enabled is None else list(dict.fromkeys(enabled))
     plan = plan_plugins(enabled, paths=paths, modules=modules)
-    chosen: dict[str, Plugin] = {}
+    chosen: dict[str, tuple[Plugin, PluginSource]] = {}
     used: set[str] = set()
     for target in modules:
         # A module's settings are under its top-level package's name (``shop`` for
@@ -251,7 +265,8 @@ def load_plugins(
         if plugin.name in chosen:
             raise PluginError(f"two plugins are named {plugin.name!r}")
         if wanted is None or plugin.name in wanted:
-            chosen[plugin.name] = plugin
+            source = PluginSource(plugin.name, target, "(module)", kind="module")
+            chosen[plugin.name] = (plugin, source)
             used.add(key)
     by_name = {source.name: source for source in plan if source.kind != "module"}
     names = (
@@ -274,7 +289,7 @@ def load_plugins(
             plugin = _as_plugin(_import(source.target, origin), settings.get(name), origin)
         if plugin.name in chosen:
             raise PluginError(f"two plugins are named {plugin.name!r}")
-        chosen[plugin.name] = plugin
+        chosen[plugin.name] = (plugin, attrs.evolve(source, enabled=True))
         used.add(name)
     unused = sorted(set(settings) - used)
     if unused:

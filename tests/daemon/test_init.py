@@ -161,6 +161,9 @@ def test_init_names_the_package_and_distribution_apart(tmp_path: Path) -> None:
     plugins = eskit("plugins", cwd=tmp_path)
     assert plugins.returncode == 0, plugins.stderr
     assert "will run: shop" in plugins.stdout
+    shown = [line.split()[:3] for line in plugins.stdout.splitlines()]
+    assert ["shop", "runs", "module"] in shown  # the module, under its plugin's name
+    assert ["shop_core", "off", "folder"] in shown  # the same code as a folder: not twice
     specs = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "shop"],
         cwd=tmp_path,
