@@ -4,20 +4,46 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
+import logging
 import os
 import signal
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.errors import EskitError
+from engine.errors import ConfigError, EskitError, PluginError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: The config file ``eskit init`` writes, read from the current folder when present.
+DEFAULT_CONFIG = "eskit.toml"
+#: The exit code of a command whose output pipe was closed (128 + SIGPIPE, as a shell
+#: reports a Unix tool that SIGPIPE stopped).
+BROKEN_PIPE_EXIT = 141
+
+
+def config_path(given: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The config file to read: ``-c``, else ``$ESKIT_CONFIG``, else ``./eskit.toml`` when
+    it exists, else ``None`` (the embedded default)."""
+    env = os.environ if environ is None else environ
+    if given:
+        return given
+    if env.get("ESKIT_CONFIG"):
+        return env["ESKIT_CONFIG"]
+    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None
+
+
+def describe_config(path: str | None) -> str:
+    """Which config is used, for the start-up lines and the log."""
+    if path is None:
+        return f"the embedded default (no -c, no $ESKIT_CONFIG, no ./{DEFAULT_CONFIG})"
+    return os.path.abspath(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "-c",
             "--config",
-            default=os.environ.get("ESKIT_CONFIG"),
-            help="TOML config file (default: $ESKIT_CONFIG, else the embedded default)",
+            help=f"TOML config file (default: $ESKIT_CONFIG, else ./{DEFAULT_CONFIG} when "
+            "there is one, else the embedded default)",
         )
         return sub
 
-    with_config(commands.add_parser("run", help="run the engine until SIGINT/SIGTERM"))
+    run = with_config(commands.add_parser("run", help="run the engine until SIGINT/SIGTERM"))
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback when the engine cannot start or stops on an error "
+        "(also with ESKIT_LOG_LEVEL=DEBUG)",
+    )
     init = commands.add_parser("init", help="scaffold eskit.toml and a plugin package")
     init.add_argument("name", help="the plugin's name (a lowercase identifier)")
     init.add_argument("--dir", default=".", help="where to write (default: here)")
+    init.add_argument(
+        "--package", help="the import package (default: the plugin's name)", default=None
+    )
+    init.add_argument(
+        "--distribution",
+        help="the name pip installs it as (default: the plugin's name, '-' for '_')",
+        default=None,
+    )
     with_config(commands.add_parser("check-config", help="validate a config and print it"))
     with_config(commands.add_parser("plugins", help="list the installed plugins"))
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
@@ -117,7 +157,49 @@ def _http(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
         raise SystemExit(f"eskit: cannot reach the engine at {url}: {error.reason}") from None
 
 
-def _run(config_path: str | None) -> int:
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _describe_failure(error: BaseException, config: Any) -> str:
+    """One line saying why the engine could not start (or stopped)."""
+    from engine.observability.logging import shorten
+
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {config.http.host}:{config.http.port}: the address is in use "
+            "(another process has that port: stop it or change [http] port)"
+        )
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, EskitError):
+        where = f" ({error.filename})" if error.filename else ""
+        return shorten(f"{error.strerror}{where}")
+    text = " ".join(str(error).split())
+    if isinstance(error, (EskitError, *trio_errors())):
+        return shorten(text or type(error).__name__, 1000)
+    return shorten(f"{type(error).__name__}: {text}" if text else type(error).__name__, 1000)
+
+
+def trio_errors() -> tuple[type[BaseException], ...]:
+    """Trio's resource errors: their text says what happened, the type adds nothing."""
+    import trio
+
+    return (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _report_failure(error: BaseException, config: Any, debug: bool, *, hint: bool = True) -> int:
+    """Print why the engine failed, in one line (and the traceback when debugging)."""
+    leaves = _leaves(error)
+    if debug:
+        traceback.print_exception(error)
+    reasons = list(dict.fromkeys(_describe_failure(leaf, config) for leaf in leaves))
+    hint_text = " (eskit run --debug shows the traceback)" if hint and not debug else ""
+    print(f"eskit: {'; '.join(reasons)}{hint_text}", file=sys.stderr, flush=True)
+    return 2 if all(isinstance(leaf, ConfigError | PluginError) for leaf in leaves) else 1
+
+
+def _run(config_path: str | None, *, debug: bool = False) -> int:
     import trio
 
     from engine.daemon.config import load_config
@@ -125,13 +207,24 @@ def _run(config_path: str | None) -> int:
     from engine.observability.logging import configure_logging
 
     config = load_config(config_path)
-    configure_logging(node_id=config.engine.node_id)
+    env = os.environ
+    # ESKIT_LOG_* override [logging]; configure_logging reads them where we pass None.
+    configure_logging(
+        node_id=config.engine.node_id,
+        json_format=None if env.get("ESKIT_LOG_FORMAT") else config.logging.format == "json",
+        level=None if env.get("ESKIT_LOG_LEVEL") else config.logging.level,
+        access_log=None if env.get("ESKIT_LOG_ACCESS") else config.logging.access_log,
+        lean_records=True,
+    )
+    logging.getLogger("eskit.engine").info("config: %s", describe_config(config_path))
+    debug = debug or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_engine(config) as engine:
                 plugins = ", ".join(sorted(engine.plugins)) or "none"
                 print(f"eskit engine {config.engine.node_id!r} running", flush=True)
+                print(f"  config:  {describe_config(config_path)}", flush=True)
                 print(f"  store:   {config.store.backend}", flush=True)
                 print(f"  plugins: {plugins}", flush=True)
                 print(f"  runners: {', '.join(sorted(engine.runners)) or 'none'}", flush=True)
@@ -154,7 +247,10 @@ def _run(config_path: str | None) -> int:
                     break
         print("stopped", flush=True)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except Exception as error:  # the engine could not start, or stopped on an error
+        return _report_failure(error, config, debug)
     return 0
 
 
@@ -171,12 +267,17 @@ def _events(
     from engine.daemon.config import load_config
     from engine.daemon.engine import merged_registry, open_store_from_config
     from engine.daemon.plugins import load_plugins
+    from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 
     config = load_config(config_path)
     plugins = load_plugins(
-        config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
     )
-    codec: Codec[Any] = Codec(merged_registry(plugins))
+    # Events of types no enabled plugin knows are printed as stored ("unknown_type").
+    codec: Codec[Any] = tolerant_codec(Codec(merged_registry(plugins)))
 
     async def main() -> None:
         cursor = after
@@ -197,18 +298,26 @@ def _events(
 
     def print_events(events: list[Any]) -> None:
         for event in events:
+            unknown = isinstance(event.data, UnknownEventData)
             record = {
                 "position": event.position,
                 "stream_id": event.stream_id,
                 "version": event.version,
                 "type": event.type,
-                "data": codec._conv.unstructure(event.data),
+                "data": event.data.payload if unknown else codec._conv.unstructure(event.data),
                 "recorded_at": event.recorded_at.isoformat(),
             }
+            if unknown:
+                record["unknown_type"] = True
             print(json.dumps(record, ensure_ascii=False), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
-        trio.run(main)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
+            trio.run(main)
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except Exception as error:  # the store cannot be opened or read: one line
+        return _report_failure(error, config, debug=False, hint=False)
     return 0
 
 
@@ -265,21 +374,107 @@ def _dead_letters(url: str, token: str, runner: str | None, discard: list[str] |
     return 0
 
 
+def _load_enabled_plugins(config: Any) -> list[Any]:
+    from engine.daemon.plugins import load_plugins
+
+    return load_plugins(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
+    )
+
+
+def _check_config(path: str | None) -> int:
+    """Validate the config and load its plugins as ``eskit run`` would (a misspelled
+    plugin name fails here, not at start-up)."""
+    from engine.daemon.config import load_config
+    from engine.daemon.engine import merged_registry
+
+    config = load_config(path)
+    plugins = _load_enabled_plugins(config)
+    merged_registry(plugins)  # two plugins registering one event type fail here too
+    print(f"config: {describe_config(path)}")
+    print(
+        f"config ok: store {config.store.backend}, http {config.http.host}:{config.http.port}, "
+        f"plugins {', '.join(sorted(p.name for p in plugins)) or 'none'}"
+    )
+    return 0
+
+
+def _plugins(path: str | None) -> int:
+    """Every plugin found, whether it will run, and what the running ones provide."""
+    from engine.daemon.config import load_config
+    from engine.daemon.plugins import load_plugin_sources, plan_plugins
+
+    config = load_config(path)
+    print(f"config: {describe_config(path)}")
+    enabled = config.plugins.enabled
+    if enabled is None:
+        print("enabled: every installed plugin and module ([plugins] enabled is not set)")
+    else:
+        print(f"enabled: {', '.join(enabled) or 'none (enabled = [])'}")
+    loaded = load_plugin_sources(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
+    )
+    running = {(source.kind, source.target): source.name for _, source in loaded}
+    for source in plan_plugins(
+        config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+    ):
+        runs = (source.kind, source.target) in running
+        name = running.get((source.kind, source.target), source.name)
+        print(
+            f"{name:<24} {'runs' if runs else 'off':<5} {source.kind:<12} "
+            f"{source.distribution:<24} {source.target}"
+        )
+    plugins = [plugin for plugin, _ in loaded]
+    print(f"will run: {', '.join(p.name for p in plugins) or 'nothing'}")
+    for plugin in plugins:
+        commands = sorted(n for b in plugin.commands for n in b.command_names())
+        print(f"  {plugin.name}: {plugin.description}")
+        print(f"    commands: {', '.join(commands) or '-'}")
+        print(f"    projections: {', '.join(p.name for p in plugin.projections) or '-'}")
+        print(f"    automations: {', '.join(plugin.reactors) or '-'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "config"):
+        args.config = config_path(args.config)
+    try:
+        return _command(parser, args)
+    except BrokenPipeError:
+        # The reader went away (`eskit events | head`): stop quietly, as Unix tools do.
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         match args.command:
             case "run":
-                return _run(args.config)
+                return _run(args.config, debug=args.debug)
             case "init":
                 from pathlib import Path
 
                 from engine.daemon.scaffold import ScaffoldError, scaffold
 
                 try:
-                    written = scaffold(args.name, Path(args.dir))
+                    written = scaffold(
+                        args.name,
+                        Path(args.dir),
+                        package=args.package,
+                        distribution=args.distribution,
+                    )
                 except ScaffoldError as error:
                     print(f"eskit: {error}", file=sys.stderr)
                     return 2
@@ -292,33 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
             case "check-config":
-                from engine.daemon.config import load_config
-
-                config = load_config(args.config)
-                print(
-                    f"config ok: store {config.store.backend}, http {config.http.host}:{config.http.port}"
-                )
-                return 0
+                return _check_config(args.config)
             case "plugins":
-                from engine.daemon.config import load_config
-                from engine.daemon.plugins import available_plugins, load_plugins
-
-                config = load_config(args.config)
-                for source in available_plugins(config.plugins.paths):
-                    print(f"{source.name:<16} {source.distribution:<24} {source.target}")
-                for plugin in load_plugins(
-                    config.plugins.enabled,
-                    paths=config.plugins.paths,
-                    modules=config.plugins.modules,
-                ):
-                    commands = sorted(n for b in plugin.commands for n in b.command_names())
-                    print(f"  {plugin.name}: {plugin.description}")
-                    print(f"    commands: {', '.join(commands) or '-'}")
-                    print(
-                        f"    projections: {', '.join(p.name for p in plugin.projections) or '-'}"
-                    )
-                    print(f"    automations: {', '.join(plugin.reactors) or '-'}")
-                return 0
+                return _plugins(args.config)
             case "events":
                 return _events(args.config, args.stream_id, args.after, args.limit, args.follow)
             case "send":

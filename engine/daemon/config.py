@@ -26,6 +26,7 @@ import cattrs
 
 from engine.codec import explain_structure_error
 from engine.errors import ConfigError
+from engine.observability.logging import is_secret_key, redact_text
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "EngineConfig",
     "HttpConfig",
     "LocksConfig",
+    "LoggingConfig",
     "NatsConfig",
     "PluginsConfig",
     "RunnersConfig",
@@ -170,12 +172,55 @@ class HttpConfig:
 
 @attrs.frozen(kw_only=True)
 class PluginsConfig:
-    """``[plugins]``: which installed plugins run (``None`` = all), extra folders to import
-    them from, and plugins named directly as ``module:attribute``."""
+    """``[plugins]``: which plugins run, where else to find them, and their settings.
+
+    ``enabled`` names the plugins that run, whatever their source (``None``, the key
+    left out: every installed plugin and every module; ``[]``: none). ``paths`` are
+    folders appended to the import path (their ``dist-info`` entry points and package
+    folders are found there). ``modules`` names plugins as ``module:attribute``.
+    ``[plugins.settings.NAME]`` tables go to plugin ``NAME``'s factory.
+    """
 
     enabled: tuple[str, ...] | None = None
     paths: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
+    settings: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+
+
+def _one_of(*choices: str) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ValueError(
+                f"{attribute.name}: must be one of {', '.join(choices)} (got {value!r})"
+            )
+
+    return check
+
+
+def _upper(value: str) -> str:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _lower(value: str) -> str:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``[logging]``: the log's level, its format, and the access log.
+
+    ``ESKIT_LOG_LEVEL``, ``ESKIT_LOG_FORMAT`` and ``ESKIT_LOG_ACCESS`` override these keys.
+    ``access_log`` adds one INFO line per command (and per HTTP request); it is off by
+    default because, in-process, that line costs a third of a command's time (docs/observability.md).
+    """
+
+    level: str = attrs.field(
+        default="INFO",
+        converter=_upper,
+        validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    )
+    format: str = attrs.field(default="text", converter=_lower, validator=_one_of("text", "json"))
+    access_log: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -202,6 +247,7 @@ class Config:
     http: HttpConfig = attrs.field(factory=HttpConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     runners: RunnersConfig = attrs.field(factory=RunnersConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
     def data_path(self, name: str) -> Path:
         """``name`` inside the data folder (absolute paths are kept as they are)."""
@@ -284,7 +330,24 @@ def _converter() -> cattrs.Converter:
         lambda t: t == tuple[str, ...] | None,
         lambda v, t: None if v is None else _structure_names(v, t),
     )
+    converter.register_structure_hook_func(
+        lambda t: t == Mapping[str, Mapping[str, Any]], _structure_settings
+    )
     return converter
+
+
+def _structure_settings(value: Any, _: type) -> Mapping[str, Mapping[str, Any]]:
+    """``[plugins.settings]``: a table of tables, kept as TOML gave them (each plugin
+    structures its own with its own classes)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of tables, one per plugin ([plugins.settings.NAME])")
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(
+                f"{name}: expected a table ([plugins.settings.{name}]), got a "
+                f"{type(table).__name__}"
+            )
+    return {str(name): dict(table) for name, table in value.items()}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -296,6 +359,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         if section and name:
             sections.setdefault(section.lower(), {})[name.lower()] = value
     return sections
+
+
+def _hide_secrets(problem: str) -> str:
+    """A problem on a secret key (``store.dsn``, ``http.token``...) without the value given,
+    which may hold the secret: ``http.token: expected a string (the value is not shown)``."""
+    path, sep, detail = problem.partition(": ")
+    if not sep or not is_secret_key(path.rpartition(".")[2]):
+        return redact_text(problem)
+    expected = detail.partition(", got ")[0]
+    return f"{path}: {expected} (the value is not shown: it may be a secret)"
 
 
 def parse_config(
@@ -320,7 +393,7 @@ def parse_config(
     try:
         config = _converter().structure(merged, Config)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(explain_structure_error(exc))
+        problems = "; ".join(_hide_secrets(line) for line in explain_structure_error(exc))
         raise ConfigError(f"config error in {source}: {problems}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config error in {source}: {exc}") from None

@@ -42,6 +42,7 @@ from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, 
 from engine.daemon.config import Config, NatsConfig
 from engine.daemon.http import HttpError, HttpIngress, serve_http, status_for
 from engine.daemon.plugins import load_plugins
+from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import (
@@ -200,13 +201,32 @@ async def _open_sqlite(
     from engine.stores.sqlite import open_sqlite_store
 
     path = config.data_path(config.store.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with open_sqlite_store(
-        path,
-        codec,
-        synchronous=config.store.synchronous,
-        max_event_bytes=config.store.max_event_bytes,
-    ) as store:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # engine.data_dir is a file, or under one, or not writable
+        reason = (
+            "a file is in the way"
+            if isinstance(exc, FileExistsError | NotADirectoryError)
+            else exc.strerror or str(exc)
+        )
+        raise ConfigError(
+            f"engine.data_dir: cannot create the folder {str(path.parent)!r} of the SQLite "
+            f"store: {reason}"
+        ) from None
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(
+                open_sqlite_store(
+                    path,
+                    codec,
+                    synchronous=config.store.synchronous,
+                    max_event_bytes=config.store.max_event_bytes,
+                )
+            )
+        except trio.BrokenResourceError as exc:  # not a database, unreadable, corrupt
+            raise trio.BrokenResourceError(
+                f"cannot open the SQLite store {str(path)!r}: {exc}"
+            ) from exc
         yield store
 
 
@@ -216,17 +236,27 @@ async def _open_postgres(
 ) -> AsyncIterator[Any]:
     from engine.stores.postgres import open_postgres_store
 
-    async with open_postgres_store(
-        config.store.dsn,
-        codec,
-        schema=config.store.schema,
-        max_event_bytes=config.store.max_event_bytes,
-        min_pool_size=config.store.min_pool_size,
-        max_pool_size=config.store.pool_size,
-        read_dsn=config.store.read_dsn or None,
-        read_pool_size=config.store.read_pool_size,
-        name=f"eskit-{config.engine.node_id}",
-    ) as store:
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(
+                open_postgres_store(
+                    config.store.dsn,
+                    codec,
+                    schema=config.store.schema,
+                    max_event_bytes=config.store.max_event_bytes,
+                    min_pool_size=config.store.min_pool_size,
+                    max_pool_size=config.store.pool_size,
+                    read_dsn=config.store.read_dsn or None,
+                    read_pool_size=config.store.read_pool_size,
+                    name=f"eskit-{config.engine.node_id}",
+                )
+            )
+        except trio.BrokenResourceError as exc:  # unreachable, or the login was refused
+            cause = exc.__cause__ or exc
+            reason = " ".join(str(cause).split())  # psycopg's message spans lines
+            raise trio.BrokenResourceError(
+                f"cannot connect to the PostgreSQL store: {redact_text(reason)}"
+            ) from exc
         yield store
 
 
@@ -512,6 +542,8 @@ class Engine:
     projections: dict[str, _ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
     #: Projection name -> its last rebuild on this node (state, versions, progress).
     rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
+    #: The store as GET /events and /streams read it (unknown types shown raw).
+    reader: Any = attrs.field(default=None, kw_only=True)
     _background: trio.Nursery | None = attrs.field(default=None, kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
@@ -678,7 +710,7 @@ class Engine:
             UnknownStreamError: The stream has no events at all (a page past the end of
                 a stream that has events is empty, not an error).
         """
-        events = await self.store.load(stream_id, after_version=after, limit=limit)
+        events = await (self.reader or self.store).load(stream_id, after_version=after, limit=limit)
         # No events from the start of a page of at least one: the stream has none.
         settled = after <= 0 and limit > 0
         if not events and (settled or await self.store.stream_version(stream_id) == 0):
@@ -687,7 +719,9 @@ class Engine:
 
     async def read_log(self, *, after: int, limit: int) -> dict[str, Any]:
         """A page of the global log, as JSON-ready dicts."""
-        events = await self.store.read_all(after_position=after, limit=max(limit, 1))
+        events = await (self.reader or self.store).read_all(
+            after_position=after, limit=max(limit, 1)
+        )
         head = await self.store.head_position()
         return {"head": head, "events": [self.event_json(e) for e in events]}
 
@@ -941,17 +975,22 @@ class Engine:
     # -- helpers ----------------------------------------------------------------------
 
     def event_json(self, event: Event[Any]) -> dict[str, Any]:
-        """A stored event as a JSON-ready dict."""
-        return {
+        """A stored event as a JSON-ready dict (a type no plugin knows: its payload as
+        stored, with ``"unknown_type": true``)."""
+        unknown = isinstance(event.data, UnknownEventData)
+        document = {
             "stream_id": event.stream_id,
             "version": event.version,
             "position": event.position,
             "type": event.type,
-            "data": self._plain(event.data),
+            "data": event.data.payload if unknown else self._plain(event.data),
             "metadata": dict(event.metadata),
             "event_id": str(event.event_id),
             "recorded_at": event.recorded_at.isoformat(),
         }
+        if unknown:
+            document["unknown_type"] = True
+        return document
 
     def _plain(self, value: Any) -> Any:
         return self.codec._conv.unstructure(value)
@@ -1042,7 +1081,10 @@ async def open_engine(
     """
     if plugins is None:
         plugins = load_plugins(
-            config.plugins.enabled, paths=config.plugins.paths, modules=config.plugins.modules
+            config.plugins.enabled,
+            paths=config.plugins.paths,
+            modules=config.plugins.modules,
+            settings=config.plugins.settings,
         )
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
     data_dir = Path(config.engine.data_dir)
@@ -1059,6 +1101,15 @@ async def open_engine(
         store: InstrumentedStore[Any] = InstrumentedStore(
             raw_store, profiler=profiler, metrics=metrics
         )
+        # GET /events and /streams show events of types no plugin knows (TolerantCodec);
+        # the same store with that codec (the memory store holds only our own types).
+        reader: Any = store
+        if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
+            reader = InstrumentedStore(
+                attrs.evolve(raw_store, codec=tolerant_codec(codec)),
+                profiler=profiler,
+                metrics=metrics,
+            )
         # The memory backend keeps no checkpoints of its own: they live in memory too.
         checkpoints: CheckpointStore = (
             store
@@ -1093,6 +1144,7 @@ async def open_engine(
             model=model,
             errors=errors,
             started_at=trio.current_time(),
+            reader=reader,
         )
         handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
         for plugin in plugins:

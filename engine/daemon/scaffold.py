@@ -228,9 +228,14 @@ host = "127.0.0.1"
 port = 8080
 
 [plugins]
-enabled = []                  # installed plugins to run (omit the key for all of them)
+enabled = ["{name}"]          # the plugins that run (omit the key: every installed one)
 paths = ["{name}"]            # run the plugin from its folder without installing it
 modules = ["{pkg}.plugin:plugin"]
+
+# Settings for the plugin, once plugin.py exposes a factory with a `settings`
+# parameter instead of a ready-made Plugin (see docs/deployment.md, "Plugin settings"):
+# [plugins.settings.{name}]
+# limit = 1000
 """
 
 _PYTEST = """\
@@ -240,29 +245,61 @@ pythonpath = .
 """
 
 
-def scaffold(name: str, directory: Path) -> list[Path]:
-    """Write ``eskit.toml`` and a plugin package ``name/`` into ``directory``.
+#: What pip accepts as a distribution name (PEP 508).
+_DISTRIBUTION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
+#: Import names that would shadow the engine or the test runner.
+_TAKEN = {"engine", "tests", "test"}
+
+
+def scaffold(
+    name: str,
+    directory: Path,
+    *,
+    package: str | None = None,
+    distribution: str | None = None,
+) -> list[Path]:
+    """Write ``eskit.toml`` and a plugin project ``name/`` into ``directory``.
+
+    Args:
+        name: The plugin's name (in URLs, ``[plugins] enabled`` and its event type names).
+        directory: Where to write.
+        package: The import package (default: ``name``, or ``name_plugin`` where ``name``
+            would shadow ``engine`` or ``tests``).
+        distribution: The name pip installs it as (default: ``name`` with ``-`` for ``_``).
 
     Returns:
         The files written.
 
     Raises:
-        ScaffoldError: ``name`` is not a lowercase identifier, or a file exists already.
+        ScaffoldError: A name is not usable, or a file exists already.
     """
     if not _NAME.match(name) or keyword.iskeyword(name):
         raise ScaffoldError(
             f"plugin name {name!r} must be a lowercase identifier (letters, digits, '_')"
         )
-    pkg = f"{name}_plugin" if name in {"engine", "tests", "test"} else name
-    values = {"name": name, "pkg": pkg, "dist": name.replace("_", "-")}
+    if package is None:
+        package = f"{name}_plugin" if name in _TAKEN else name
+    elif not _NAME.match(package) or keyword.iskeyword(package) or package in _TAKEN:
+        raise ScaffoldError(
+            f"package name {package!r} must be a lowercase identifier (letters, digits, "
+            f"'_') other than {', '.join(sorted(_TAKEN))}"
+        )
+    if distribution is None:
+        distribution = name.replace("_", "-")
+    elif not _DISTRIBUTION.match(distribution):
+        raise ScaffoldError(
+            f"distribution name {distribution!r} must be letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    values = {"name": name, "pkg": package, "dist": distribution}
     root = directory / name
     files = {
         directory / "eskit.toml": _CONFIG,
         root / "pyproject.toml": _PYPROJECT,
         root / "pytest.ini": _PYTEST,
-        root / pkg / "__init__.py": _INIT,
-        root / pkg / "domain.py": _DOMAIN,
-        root / pkg / "plugin.py": _PLUGIN,
+        root / package / "__init__.py": _INIT,
+        root / package / "domain.py": _DOMAIN,
+        root / package / "plugin.py": _PLUGIN,
         root / "tests" / f"test_{name}.py": _TESTS,
     }
     existing = [str(path) for path in files if path.exists()]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import errno
 import logging
 import queue
 import sqlite3
@@ -44,6 +45,7 @@ import attrs
 import outcome
 import trio
 
+from engine.errors import StorageFullError
 from engine.groups import unwrap_lone_errors
 
 __all__ = [
@@ -134,10 +136,27 @@ class _Aborted(Exception):
     """The writer gave up waiting for the write lock (closing, or nobody waits any more)."""
 
 
-def _translate(exc: sqlite3.Error) -> trio.BrokenResourceError:
-    """The one place a :mod:`sqlite3` error becomes an engine-facing error."""
+#: SQLite's primary result code for "database or disk is full" (the disk, or the
+#: database reached its ``max_page_count``).
+_SQLITE_FULL = 13
+
+
+def _translate(exc: sqlite3.Error | OSError) -> Exception:
+    """The one place a :mod:`sqlite3` error becomes an engine-facing error:
+    :class:`~engine.errors.StorageFullError` when the disk (or the database) is full,
+    :class:`trio.BrokenResourceError` otherwise."""
+    code = getattr(exc, "sqlite_errorcode", None)
     name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-    error = trio.BrokenResourceError(f"SQLite error {name}: {exc}")
+    error: Exception
+    if (code is not None and code & 0xFF == _SQLITE_FULL) or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    ):
+        error = StorageFullError(
+            f"the SQLite database is full ({name}: {exc}): nothing was written; "
+            "free disk space, then retry"
+        )
+    else:
+        error = trio.BrokenResourceError(f"SQLite error {name}: {exc}")
     error.__cause__ = exc
     return error
 
@@ -145,6 +164,8 @@ def _translate(exc: sqlite3.Error) -> trio.BrokenResourceError:
 def _closed_or_translated(exc: BaseException) -> BaseException:
     if isinstance(exc, _Aborted):
         return trio.ClosedResourceError("the SQLite database is closing")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return _translate(exc)
     return _translate(exc) if isinstance(exc, sqlite3.Error) else exc
 
 

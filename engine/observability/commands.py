@@ -7,7 +7,8 @@
   ``command_type``, ``command_id``, ``node_id``, ``plugin``, ``outcome``,
   ``duration_ms`` (and ``events``/``version`` when handled, ``error`` otherwise):
   INFO when handled or rejected by the domain, WARNING when it failed. The command's
-  payload and metadata are never logged;
+  payload and metadata are never logged, nor a domain rejection's message (it may quote
+  the payload): a rejection shows its type and code;
 * counts it on :class:`~engine.observability.metrics.EngineMetrics` as handled,
   rejected or failed, with its duration;
 * records which event types the command produced on an
@@ -28,7 +29,7 @@ import trio
 
 from engine.errors import DomainError
 from engine.handler import CommandContext, CommandResult, Middleware, NextHandler
-from engine.observability.logging import redact_text
+from engine.observability.logging import MAX_MESSAGE_CHARS, shorten
 
 if TYPE_CHECKING:
     from engine.observability.metrics import EngineMetrics
@@ -81,14 +82,20 @@ def command_middleware(
             seconds = clock() - started
             rejected = isinstance(exc, DomainError)
             outcome = "rejected" if rejected else "failed"
-            reason = redact_text(f"{type(exc).__qualname__}: {exc}")
+            # A domain rejection's message may quote the command's payload ("balance 100,
+            # withdrawal 500"): only its type and code are logged, never its text.
+            reason = (
+                f"{type(exc).__qualname__} ({exc.code})"
+                if isinstance(exc, DomainError)
+                else shorten(f"{type(exc).__qualname__}: {exc}", MAX_MESSAGE_CHARS)
+            )
             if metrics is not None:
                 metrics.command(plugin, command_type, outcome, seconds)
             if errors is not None:
                 errors.add(
                     f"command {plugin}.{command_type}",
                     outcome,
-                    f"{context.stream_id!r}: {reason}",
+                    f"{shorten(context.stream_id)!r}: {reason}",
                 )
             log.log(
                 logging.INFO if rejected else logging.WARNING,

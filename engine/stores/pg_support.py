@@ -18,6 +18,7 @@ pieces here are the parts that mean the same in both:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ from psycopg import sql
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from engine.drivers.postgres import PgConnection, PgPool, run_pg_listener
-from engine.errors import EskitError
+from engine.errors import EskitError, StorageFullError
 
 __all__ = [
     "GroupRequest",
@@ -80,6 +81,13 @@ def translate(exc: BaseException, *, closed: str, retry_hint: str) -> BaseExcept
     """
     if isinstance(exc, PoolClosed):
         return trio.ClosedResourceError(closed)
+    if isinstance(exc, psycopg.errors.DiskFull) or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    ):
+        return StorageFullError(
+            f"the PostgreSQL database is full ({exc}): nothing was written; "
+            "free disk space, then retry"
+        )
     if connection_lost(exc):
         return trio.BrokenResourceError(
             f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "

@@ -98,7 +98,10 @@ def cluster_config(
                 "take_timeout": 0.5,
             },
             "http": {"port": port},
-            "plugins": {"enabled": ["bank"], "modules": ["tests.cluster.audit_plugin:plugin"]},
+            "plugins": {
+                "enabled": ["bank", "audit"],
+                "modules": ["tests.cluster.audit_plugin:plugin"],
+            },
             "runners": {"poll_interval": 0.2, "batch_size": 200},
         },
     )

@@ -101,3 +101,42 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     broken.write_text("[store\nbackend = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken, environ={})
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"store": {"backend": "postgres", "dsn": ["postgresql://u:hunter2@h/db"]}}, "store.dsn"),
+        ({"http": {"token": 4815162342}}, "http.token"),
+        ({"nats": {"password": {"value": "hunter2"}}}, "nats.password"),
+    ],
+)
+def test_errors_never_echo_a_secret(document: dict[str, object], key: str) -> None:
+    """A secret key of the wrong type is named, but its value (which may be the secret) is not."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, environ={})
+    message = str(caught.value)
+    assert f"{key}: expected a string (the value is not shown" in message
+    assert "hunter2" not in message
+    assert "4815162342" not in message
+
+
+def test_logging_section() -> None:
+    """``[logging]``: INFO, text, no access log by default; names are checked, any case."""
+    assert (Config().logging.level, Config().logging.format, Config().logging.access_log) == (
+        "INFO",
+        "text",
+        False,
+    )
+    config = parse_config(
+        {"logging": {"level": "debug", "format": "JSON", "access_log": True}}, environ={}
+    )
+    assert (config.logging.level, config.logging.format, config.logging.access_log) == (
+        "DEBUG",
+        "json",
+        True,
+    )
+    with pytest.raises(ConfigError, match=r"logging\.level: must be one of DEBUG"):
+        parse_config({"logging": {"level": "loud"}}, environ={})
+    with pytest.raises(ConfigError, match=r"logging\.format: must be one of text, json"):
+        parse_config({"logging": {"format": "xml"}}, environ={})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +21,13 @@ from engine.errors import DomainError
 from engine.handler import CommandContext, CommandHandler, CommandResult, NextHandler
 from engine.observability.commands import command_middleware
 from engine.observability.logging import (
+    MAX_VALUE_CHARS,
     REDACTED,
     JsonFormatter,
     TextFormatter,
     configure_logging,
     redact_text,
+    shorten,
 )
 from engine.observability.metrics import EngineMetrics
 from engine.observability.status import EventModel, RecentErrors
@@ -142,6 +146,8 @@ class Paid:
 def decide(state: int, command: Pay) -> Sequence[Paid]:
     if command.amount == 0:
         raise DomainError("nothing to pay")
+    if command.amount > 1000:
+        raise DomainError(f"over the limit: {command.amount}")
     if command.amount < 0:
         raise RuntimeError("the ledger is on fire")
     return [Paid(command.amount)]
@@ -221,3 +227,120 @@ async def test_every_command_is_logged_with_its_fields(
         ("failed", "command pay.PayNow"),
         ("rejected", "command pay.PayNow"),
     ]
+
+
+#: Hostile megabytes: each made the old URL pattern try a scheme at every position.
+HOSTILE = """{
+    "letters": "a" * 1_000_000,
+    "schemes": "a://" * 250_000,
+    "colons": "a://x:" + "b:" * 500_000,
+    "user": "a://" + "b" * 1_000_000,
+    "password": "a://b:" + "c" * 1_000_000,
+    "pairs": "password=" * 100_000,
+    "bearer": "Bearer" + " " * 1_000_000,
+    "mixed": "x.y+z-" * 150_000,
+}"""
+
+
+def test_redacting_a_hostile_megabyte_is_linear() -> None:
+    """Redacting and logging 1 MB of each hostile shape ends within a generous guard (a child
+    process, so the guard holds even while a regex holds the GIL); the old pattern took
+    half an hour on the first one."""
+    probe = (
+        "import logging\n"
+        "from engine.observability.logging import JsonFormatter, TextFormatter, redact_text\n"
+        f"hostile = {HOSTILE}\n"
+        "for text in hostile.values():\n"
+        "    redact_text(text)\n"
+        "    made = logging.LogRecord('eskit.x', 20, 'x', 1, 'on %r: ' + text, (text,), None)\n"
+        "    made.stream_id = text\n"
+        "    JsonFormatter().format(made)\n"
+        "    TextFormatter().format(made)\n"
+        "print('done')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr
+
+
+def test_long_values_are_cut_with_a_marker() -> None:
+    """A 1 MB stream id shows as its first 300 characters and a marker, in arguments and fields."""
+    stream_id = "a" * 1_000_000
+    made = record("command on %r rejected", stream_id, stream_id=stream_id)
+    line = json.loads(JsonFormatter().format(made))
+    cut = "a" * MAX_VALUE_CHARS + f"...[{1_000_000 - MAX_VALUE_CHARS} more chars]"
+    assert line["stream_id"] == cut
+    assert line["message"] == f"command on '{cut}' rejected"
+    assert TextFormatter().format(made).endswith(f"eskit.test: command on '{cut}' rejected")
+    assert shorten("short id") == "short id"
+
+
+def test_a_secret_across_the_cut_is_redacted_not_half_shown() -> None:
+    """A value cut in the middle of a URL password shows no part of the password."""
+    value = "x" * (MAX_VALUE_CHARS - 20) + " postgresql://app:hunter2hunter2hunter2@db/app"
+    shown = shorten(value)
+    assert "hunter" not in shown
+    assert shown.endswith(" more chars]")
+
+
+async def test_a_domain_rejection_logs_its_code_not_its_message() -> None:
+    """A rejection's message may quote the payload: the log and the status page get its code."""
+    registry = EventRegistry()
+    registry.register(Paid, name="pay.Paid")
+    stream = io.StringIO()
+    logger = logging.getLogger("eskit.test.rejections")
+    handler = configure_logging(
+        logger=logger, stream=stream, json_format=True, level="INFO", environ={}
+    )
+    errors = RecentErrors()
+    commands: CommandHandler[int, Pay, Paid] = CommandHandler(
+        decider=payments,
+        store=MemoryStore(Codec(registry)),
+        middleware=[command_middleware(plugin="pay", errors=errors, logger=logger)],
+    )
+    try:
+        with pytest.raises(DomainError):
+            await commands.handle("acct-1", Pay(4242))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["outcome"] == "rejected"
+    assert line["message"].endswith(": DomainError (domain_rejected)")
+    assert "4242" not in stream.getvalue()
+    assert all("4242" not in entry.message for entry in errors.entries())
+
+
+def test_a_repeated_warning_is_said_once_then_summarised() -> None:
+    """A warning every 0.5 s (NATS gone, runners waiting) makes one line, then one per
+    window saying how many were dropped; other templates and the access log pass."""
+    stream = io.StringIO()
+    logger = logging.getLogger("eskit.test.repeats")
+    handler = configure_logging(
+        logger=logger, stream=stream, level="INFO", environ={}, repeat_window=30.0
+    )
+    try:
+
+        def warn(at: float, message: str, *args: Any, name: str = "eskit.locks.nats") -> None:
+            made = logging.LogRecord(name, logging.WARNING, __file__, 1, message, args, None)
+            made.created = at
+            handler.handle(made)
+
+        for tick in range(130):  # 65 s of a warning every half second, from two runners
+            runner = f"runner-{tick % 2}"
+            warn(1000 + tick * 0.5, "waiting for %r: NATS unavailable (%s)", runner, "refused")
+        warn(1001, "lost the lease on %r: %s", "runner-0", "expired")
+        warn(1002, "command %s failed", "Deposit", name="eskit.commands")
+        warn(1003, "command %s failed", "Deposit", name="eskit.commands")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    waiting = [line for line in lines if "NATS unavailable" in line]
+    assert len(waiting) == 3  # at 0 s, at 30 s and at 60 s
+    assert waiting[0].endswith("'runner-0': NATS unavailable (refused)")
+    assert waiting[1].endswith("(and 59 more like it since its last line)")
+    assert waiting[2].endswith("(and 59 more like it since its last line)")
+    assert sum("lost the lease" in line for line in lines) == 1
+    assert sum("eskit.commands" in line for line in lines) == 2

@@ -10,8 +10,10 @@ binary that it is frozen, which psycopg implementation it got, and that the bund
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,15 @@ from tests.daemon.test_engine import http
 pytestmark = pytest.mark.binary
 
 START_TIMEOUT = 60
+STDLIB_MODULES = Path(__file__).resolve().parents[2] / "packaging" / "stdlib_modules.py"
 
 PROBE_PLUGIN = '''\
 """A plugin from a folder: what the binary carries, seen from inside it."""
 
+import datetime
+import importlib
 import sys
+import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,27 +46,80 @@ import trio
 from engine import EventRegistry, Plugin
 from engine.frozen import is_frozen, nats_server_binary
 
+STDLIB = {stdlib!r}
+
+
+async def stdlib(params: Mapping[str, str]) -> dict[str, Any]:
+    failed = {{}}
+    for name in STDLIB:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed[name] = repr(exc)
+    zoneinfo.reset_tzpath(to=[])  # the tzdata package only, not the host's files
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    offset = datetime.datetime(2026, 1, 15, tzinfo=paris).utcoffset()
+    return {{
+        "imported": len(STDLIB) - len(failed),
+        "failed": failed,
+        "paris_winter_offset": offset.total_seconds(),
+    }}
+
 
 async def about(params: Mapping[str, str]) -> dict[str, Any]:
     nats = nats_server_binary()
     version = await trio.run_process([str(nats), "--version"], capture_stdout=True)
-    return {
+    return {{
         "frozen": is_frozen(),
         "bundle": getattr(sys, "_MEIPASS", ""),
         "nats_server": str(nats),
         "nats_version": version.stdout.decode().strip(),
         "psycopg_impl": psycopg.pq.__impl__,
-    }
+    }}
 
 
-plugin = Plugin(name="probe", events=EventRegistry(), queries={"about": about})
+plugin = Plugin(
+    name="probe", events=EventRegistry(), queries={{"about": about, "stdlib": stdlib}}
+)
 '''
+
+#: A plain package folder (no dist-info) exposing ``PLUGIN``.
+PLAIN_PLUGIN = """\
+from engine import EventRegistry, Plugin
+
+PLUGIN = Plugin(name="plainpkg", events=EventRegistry(), description="a plain package folder")
+"""
+
+
+@functools.cache
+def importable_stdlib() -> list[str]:
+    """The standard modules the binary promises (``packaging/stdlib_modules.py``) that
+    import on this platform in the build virtualenv (each tried in a child process)."""
+    probe = (
+        "import importlib, runpy, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        f"names = runpy.run_path({str(STDLIB_MODULES)!r})['stdlib_modules']()\n"
+        "for name in names:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception:\n"
+        "        continue\n"
+        "    print(name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    return result.stdout.split()
 
 
 def write_probe_plugin(folder: Path) -> Path:
     """A plugin folder holding the probe package and its dist-info (with its entry point)."""
     (folder / "eskit_probe").mkdir(parents=True)
-    (folder / "eskit_probe" / "__init__.py").write_text(PROBE_PLUGIN)
+    (folder / "eskit_probe" / "__init__.py").write_text(
+        PROBE_PLUGIN.format(stdlib=importable_stdlib())
+    )
+    (folder / "plainpkg").mkdir()
+    (folder / "plainpkg" / "__init__.py").write_text(PLAIN_PLUGIN)
     info = folder / "eskit_probe-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eskit-probe\nVersion: 0.1.0\n")
@@ -157,11 +216,18 @@ def check_probe(probe: dict[str, Any]) -> None:
     assert probe["nats_version"].startswith("nats-server: v")
 
 
-async def run_smoke(binary: Path, config: Path) -> None:
-    """Start, exercise, SIGTERM: the daemon exits 0 after saying it stopped."""
+async def run_smoke(binary: Path, config: Path, *, stdlib: bool = False) -> None:
+    """Start, exercise, SIGTERM: the daemon exits 0 after saying it stopped (and with
+    ``stdlib``, the probe imports the standard library from inside the binary)."""
     proc, url = await start_binary(binary, config)
     try:
         probe = await exercise(url, "acc-1")
+        if stdlib:
+            status, report = await http(f"{url}/queries/probe/stdlib")
+            assert status == 200, report
+            assert report["failed"] == {}
+            assert report["imported"] == len(importable_stdlib())
+            assert report["paris_winter_offset"] == 3600.0
     finally:
         code, output = await stop_daemon(proc)
     assert code == 0, output
@@ -206,14 +272,33 @@ def test_plugins_bundled_and_from_a_folder(eskit_binary: Path, tmp_path: Path) -
         check=True,
         env=clean_env(),
     )
-    assert "probe            eskit-probe" in with_folder.stdout
-    assert "eskit-bank" in with_folder.stdout
+    assert "will run: bank, orders, probe" in with_folder.stdout
+    assert "eskit-probe" in with_folder.stdout
+
+
+def test_plain_package_folder_and_enabled_none(eskit_binary: Path, tmp_path: Path) -> None:
+    """A plain package folder under ``paths`` runs when enabled; ``enabled = []`` runs none
+    (not even the bundled examples)."""
+    folder = write_probe_plugin(tmp_path / "plugins")
+    config = tmp_path / "eskit.toml"
+    for enabled, runs in (('["plainpkg"]', "plainpkg"), ("[]", "nothing")):
+        config.write_text(f'[plugins]\nenabled = {enabled}\npaths = ["{folder}"]\n')
+        result = subprocess.run(
+            [str(eskit_binary), "plugins", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=clean_env(),
+        )
+        assert f"will run: {runs}" in result.stdout, result.stdout
 
 
 async def test_daemon_on_sqlite(eskit_binary: Path, tmp_path: Path) -> None:
-    """Tier 1: the binary on a SQLite file takes commands and answers the balance query."""
+    """Tier 1: the binary on a SQLite file takes commands and answers the balance query; a
+    plugin imports the whole standard library and tzdata's time zones from inside it."""
     config = write_config(tmp_path, '[store]\nbackend = "sqlite"\n')
-    await run_smoke(eskit_binary, config)
+    await run_smoke(eskit_binary, config, stdlib=True)
     assert (tmp_path / "data" / "events.db").is_file()
 
 
