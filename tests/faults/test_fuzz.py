@@ -158,7 +158,7 @@ async def test_raw_http_requests(engine: Engine, examples: int) -> None:
 
     def check(case: tuple[str, str, list[tuple[str, bytes]], bytes]) -> None:
         method, path, headers, body = case
-        raw = f"{method} /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+        raw = f"{method} /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
         raw += b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers)
         raw += b"\r\n" + body
         reply = trio.from_thread.run(send, raw)

@@ -1,0 +1,593 @@
+"""An HTTP/1.1 server native to Trio, on llhttp (the C parser behind Node.js, through httptools).
+
+One task per connection reads, feeds the parser, and answers the requests it completes in
+order (keep-alive and pipelining: responses always in request order). Request bodies are
+read whole (Content-Length or chunked) up to a limit, then handed to the app, an async
+callable ``app(request) -> response``.
+
+What it refuses, and how (the app never sees these):
+
+* malformed requests, request smuggling (Content-Length with Transfer-Encoding, duplicate
+  or conflicting Content-Length), a request target that is not a path: 400 and close;
+* a transfer coding other than ``chunked``: 501; an HTTP version other than 1.0/1.1: 505;
+* an ``Upgrade`` (websocket, h2c): 400 ``upgrade_not_supported``;
+* a request target over ``max_url_bytes``: 414; more than ``max_headers`` header lines or
+  a head over ``max_header_bytes``: 431; a body over ``max_body_bytes``: 413 (from the
+  declared length, before reading it, or as soon as a chunked body passes it);
+* ``Expect: 100-continue`` is answered with ``100 Continue`` (or the 413), other
+  expectations with 417;
+* a head not received within ``header_timeout`` or a body not within ``body_timeout``
+  (slowloris, a client stalling mid-body): 408 and close; an idle keep-alive connection
+  is closed after ``keep_alive_timeout``; a client that does not read its response within
+  ``send_timeout`` is disconnected;
+* more than ``max_connections`` open connections: 503 and close;
+* out of file descriptors (EMFILE): accepting backs off and one warning is logged per
+  ``_EMFILE_LOG_INTERVAL`` seconds.
+
+Bytes after a request on a connection that must close (HTTP/1.0, ``Connection: close``)
+are ignored: the request is answered with the app's response, then the connection closes.
+
+Shutdown is cancellation: cancelling :func:`serve_http` closes the listeners at once,
+closes idle connections, and lets requests in flight finish and be answered (with
+``Connection: close``) within ``grace_period`` seconds; then every connection is closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import errno
+import functools
+import logging
+import math
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+import attrs
+import httptools
+import orjson
+import trio
+
+from engine.errors import EskitError
+
+__all__ = [
+    "AddressInUseError",
+    "Request",
+    "Response",
+    "ServerLimits",
+    "error_body",
+    "serve_http",
+]
+
+logger = logging.getLogger("eskit.http.server")
+
+_CHUNK: Final = 65536
+_EMFILE_LOG_INTERVAL: Final = 10.0
+_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: After answering on a connection that closes, read (and drop) what the client still
+#: sends for this long, so closing with unread bytes does not reset the connection
+#: before the client has read the answer.
+_LINGER: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
+
+
+class AddressInUseError(EskitError, OSError):
+    """The HTTP port is taken by another process; pick another ``[http] port``."""
+
+    code = "address_in_use"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(errno.EADDRINUSE, f"address {address} is in use")
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"address {self.address} is in use (is another engine running? set [http] port)"
+
+
+@attrs.frozen(kw_only=True)
+class ServerLimits:
+    """What one client may ask of the server. Sizes in bytes, times in seconds."""
+
+    max_connections: int = 1000
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    send_timeout: float = 30.0
+    grace_period: float = 10.0
+
+
+@attrs.frozen
+class Request:
+    """One request as the app sees it.
+
+    ``path`` and ``query`` are the raw bytes of the request target (not percent-decoded);
+    header names are lowercase, values as sent.
+    """
+
+    method: str
+    path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    http_version: str = "1.1"
+    keep_alive: bool = True
+    tls: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or ``None``."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@attrs.frozen
+class Response:
+    """What the app answers: a status, a body and its type, extra headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: bytes = b"application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+App = Callable[[Request], Awaitable[Response]]
+
+
+def error_body(code: str, message: str, **extra: Any) -> bytes:
+    """The JSON error body every refusal carries."""
+    return orjson.dumps({"error": {"code": code, "message": message, **extra}})
+
+
+class _Refusal(Exception):
+    """The server answers the request itself and closes the connection."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+_STATUS_LINES: Final = {s: b"HTTP/1.1 %d %s\r\n" % (s, _reason(s)) for s in range(100, 600)}
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class _Date:
+    """The ``Date`` header, formatted once per second (it is a wall-clock header)."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def header(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.value = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+            cls.second = now
+        return cls.value
+
+
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _Connection:
+    """One client connection: the parser's callbacks and the task that serves it."""
+
+    def __init__(self, server: _Server, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.stream = stream
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: collections.deque[Request | _Refusal] = collections.deque()
+        self.refusal: _Refusal | None = None
+        self.phase = _IDLE
+        self.idle_scope: trio.CancelScope | None = None
+        self.continue_due = False
+        self.tls = server.ssl_context is not None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.started = 0.0
+        self.head_done = 0.0
+        self.head_fed = 0
+
+    # -- parser callbacks (they run inside feed_data; errors go to self.refusal) -----
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self.refusal = _Refusal(status, code, message)
+        raise self.refusal
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.phase = _HEAD
+        self.started = trio.current_time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse(
+                414, "url_too_long", f"request target over {self.limits.max_url_bytes} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self.head_bytes += len(name) + len(value) + 4
+        if len(self.headers) > self.limits.max_headers:
+            self._refuse(431, "headers_too_large", f"more than {self.limits.max_headers} headers")
+        if self.head_bytes + len(self.url) > self.limits.max_header_bytes:
+            self._refuse(
+                431, "headers_too_large", f"headers over {self.limits.max_header_bytes} bytes"
+            )
+
+    def on_headers_complete(self) -> None:
+        self.phase = _BODY
+        self.head_done = trio.current_time()
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._refuse(505, "http_version_not_supported", "HTTP/1.1 or HTTP/1.0 only")
+        length = expect = None
+        codings: list[bytes] = []
+        hosts = 0
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                length = int(value)  # llhttp has checked it is one valid number
+            elif name == b"transfer-encoding":
+                codings.append(value.strip().lower())
+            elif name == b"expect":
+                expect = value.strip().lower()
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            self._refuse(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+        if codings and codings != [b"chunked"]:
+            self._refuse(501, "unsupported_transfer_encoding", "only chunked is supported")
+        if length is not None and length > self.limits.max_body_bytes:
+            self._refuse(413, "too_large", f"body over {self.limits.max_body_bytes} bytes")
+        if expect is not None:
+            if expect != b"100-continue":
+                self._refuse(417, "expectation_failed", "only 100-continue can be expected")
+            self.continue_due = version == "1.1"
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            self._refuse(413, "too_large", f"body over {self.limits.max_body_bytes} bytes")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.phase = _IDLE
+        self.continue_due = False
+        parser = self.parser
+        target = self.url
+        if target[:1] != b"/":
+            parsed = None
+            if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                try:
+                    parsed = httptools.parse_url(target)
+                except httptools.HttpParserInvalidURLError:
+                    parsed = None
+            if parsed is None or not parsed.path:
+                self.ready.append(_Refusal(400, "bad_request", "the target must be a path"))
+                return
+            path, query = parsed.path, parsed.query or b""
+        else:
+            path, _, query = target.partition(b"?")
+            path = path.partition(b"#")[0]
+        self.ready.append(
+            Request(
+                parser.get_method().decode("ascii"),
+                path,
+                query,
+                self.headers,
+                b"".join(self.body),
+                parser.get_http_version(),
+                parser.should_keep_alive(),
+                self.tls,
+            )
+        )
+
+    # -- the connection's task ---------------------------------------------------------
+
+    async def serve(self) -> None:
+        limits = self.limits
+        idle_deadline = trio.current_time() + limits.header_timeout
+        while True:
+            while self.ready:
+                item = self.ready.popleft()
+                if isinstance(item, _Refusal):
+                    await self._send_refusal(item)
+                    return
+                if not await self._answer(item):
+                    return
+                idle_deadline = trio.current_time() + limits.keep_alive_timeout
+            if self.refusal is not None:
+                await self._send_refusal(self.refusal)
+                return
+            if self.server.closing and self.phase == _IDLE:
+                return
+            if self.continue_due:
+                self.continue_due = False
+                if not await self._send(b"HTTP/1.1 100 Continue\r\n\r\n"):
+                    return
+            if self.phase == _IDLE:
+                deadline = idle_deadline
+            elif self.phase == _HEAD:
+                deadline = self.started + limits.header_timeout
+            else:
+                deadline = self.head_done + limits.body_timeout
+            with trio.move_on_at(deadline) as waiting:
+                if self.phase == _IDLE:
+                    self.idle_scope = waiting
+                data = await self.stream.receive_some(_CHUNK)
+            self.idle_scope = None
+            if waiting.cancelled_caught:
+                if self.phase != _IDLE:
+                    what = "headers" if self.phase == _HEAD else "body"
+                    await self._send_refusal(
+                        _Refusal(408, "request_timeout", f"the request's {what} came too slowly")
+                    )
+                return
+            if not data:
+                return  # the client closed: a request it had not finished is dropped
+            self._feed(data)
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.ready.append(
+                _Refusal(400, "upgrade_not_supported", "protocol upgrades are not supported")
+            )
+        except httptools.HttpParserCallbackError:
+            pass  # self.refusal says what (set by the callback that raised)
+        except httptools.HttpParserError as error:
+            self.refusal = _Refusal(400, "bad_request", f"malformed request: {error}")
+        else:
+            if self.phase == _HEAD:
+                # llhttp buffers a header it has not finished; bound what one head may
+                # hold (the exact limit applies to each completed header line).
+                self.head_fed += len(data)
+                if self.head_fed > self.limits.max_header_bytes + _CHUNK:
+                    self.refusal = _Refusal(431, "headers_too_large", "headers over the limit")
+
+    async def _answer(self, request: Request) -> bool:
+        """Run the app and send its response; ``False`` when the connection must close."""
+        try:
+            response = await self.server.app(request)
+        except Exception:
+            logger.exception("the app failed on %s %r", request.method, request.path)
+            response = Response(500, error_body("internal_error", "internal error"))
+        keep_alive = request.keep_alive and not self.server.closing
+        status = response.status
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, _Date.header()]
+        for name, value in response.headers:
+            parts += [name, b": ", value, b"\r\n"]
+        if status not in _NO_BODY_STATUSES:
+            parts += [
+                b"content-type: ",
+                response.content_type,
+                b"\r\ncontent-length: ",
+                str(len(response.body)).encode(),
+                b"\r\n",
+            ]
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif request.http_version == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if request.method != "HEAD" and status not in _NO_BODY_STATUSES:
+            parts.append(response.body)
+        if not await self._send(b"".join(parts)):
+            return False
+        if not keep_alive:
+            await self._linger()
+        return keep_alive
+
+    async def _send_refusal(self, refusal: _Refusal) -> None:
+        body = error_body(refusal.code, refusal.message)
+        await self._send(
+            b"".join(
+                [
+                    _STATUS_LINES.get(refusal.status) or b"HTTP/1.1 400 \r\n",
+                    _Date.header(),
+                    b"content-type: application/json\r\ncontent-length: ",
+                    str(len(body)).encode(),
+                    b"\r\nconnection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        await self._linger()
+
+    async def _send(self, data: bytes) -> bool:
+        with trio.move_on_after(self.limits.send_timeout):
+            await self.stream.send_all(data)
+            return True
+        return False
+
+    async def _linger(self) -> None:
+        """Half-close, then drop what the client still sends, so that the answer is read
+        before the connection is closed (closing with unread bytes resets it)."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return
+        with trio.move_on_after(_LINGER):
+            await self.stream.send_eof()
+            dropped = 0
+            while dropped < _LINGER_BYTES:
+                chunk = await self.stream.receive_some(_CHUNK)
+                if not chunk:
+                    return
+                dropped += len(chunk)
+
+
+@attrs.define(eq=False)
+class _Server:
+    app: App
+    limits: ServerLimits
+    ssl_context: ssl.SSLContext | None
+    connections: set[_Connection] = attrs.field(factory=set)
+    closing: bool = False
+    _handlers_scope: trio.CancelScope | None = None
+    _stopped: trio.Event = attrs.field(factory=trio.Event)
+    _refusing: int = 0
+
+    async def hold_connections(
+        self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the connections' tasks, shielded: shutdown gives them the grace period."""
+        with trio.CancelScope(shield=True) as scope:
+            self._handlers_scope = scope
+            async with trio.open_nursery() as handlers:
+                task_status.started(handlers)
+                await self._stopped.wait()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests: idle connections close now, the rest within the grace."""
+        self.closing = True
+        for connection in self.connections:
+            if connection.idle_scope is not None:
+                connection.idle_scope.cancel()
+        if self._handlers_scope is not None:
+            self._handlers_scope.deadline = trio.current_time() + self.limits.grace_period
+        self._stopped.set()
+
+    async def accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        backoff = 0.05
+        last_warning = -math.inf
+        missed = 0
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                if error.errno not in _CAPACITY_ERRNOS:
+                    raise
+                missed += 1
+                now = trio.current_time()
+                if now - last_warning >= _EMFILE_LOG_INTERVAL:
+                    logger.warning(
+                        "cannot accept HTTP connections: %s (%d times since the last warning); "
+                        "retrying (raise the open-files limit or lower [http] max_connections)",
+                        error.strerror,
+                        missed,
+                    )
+                    last_warning, missed = now, 0
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            if len(self.connections) >= self.limits.max_connections:
+                handlers.start_soon(self._turn_away, stream)
+            else:
+                handlers.start_soon(self._serve, stream)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        wrapped: trio.abc.Stream = stream
+        if self.ssl_context is not None:
+            wrapped = trio.SSLStream(
+                stream, self.ssl_context, server_side=True, https_compatible=True
+            )
+        connection = _Connection(self, wrapped)
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away (reset, TLS failure): nothing to answer
+        except Exception:
+            logger.warning("an HTTP connection ended with an error", exc_info=True)
+        finally:
+            self.connections.discard(connection)
+            await trio.aclose_forcefully(wrapped)
+
+    async def _turn_away(self, stream: trio.SocketStream) -> None:
+        """Over ``max_connections``: a 503 (plain HTTP only) and close."""
+        self._refusing += 1
+        try:
+            if self.ssl_context is None and self._refusing <= 64:
+                body = error_body("too_many_connections", "the server is at its connection limit")
+                with trio.move_on_after(1.0):
+                    await stream.send_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n\r\n%s"
+                        % (len(body), body)
+                    )
+        except (trio.BrokenResourceError, OSError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
+
+async def _bind(host: str, port: int) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            shown = f"[{host}]" if ":" in host else host
+            raise AddressInUseError(f"{shown}:{port}") from None
+        raise
+
+
+def _url(listener: trio.SocketListener, scheme: str) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+async def serve_http(
+    app: App,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over HTTP/1.1 (HTTPS with ``ssl_context``) until cancelled.
+
+    Calls ``task_status.started(urls)`` with the bound URLs once listening (``port=0``
+    picks a free port; the URL says which; a name such as ``localhost`` binds each of its
+    addresses).
+
+    Resource handling:
+        Cancellation is the shutdown: the listeners close at once, idle connections
+        close, requests in flight are answered within ``limits.grace_period``, then every
+        connection is closed.
+
+    Raises:
+        AddressInUseError: The port is taken.
+    """
+    limits = limits or ServerLimits()
+    listeners = await _bind(host, port)
+    scheme = "https" if ssl_context is not None else "http"
+    server = _Server(app, limits, ssl_context)
+    async with trio.open_nursery() as lifetime:
+        handlers: trio.Nursery = await lifetime.start(server.hold_connections)
+        try:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(functools.partial(server.accept, listener, handlers))
+                task_status.started([_url(listener, scheme) for listener in listeners])
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+            server.begin_shutdown()
