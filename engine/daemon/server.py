@@ -156,6 +156,9 @@ class _Refusal(Exception):
         self.message = message
 
 
+_UPGRADE: Final = _Refusal(400, "upgrade_not_supported", "protocol upgrades are not supported")
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -278,6 +281,9 @@ class _Connection:
         self.phase = _IDLE
         self.continue_due = False
         parser = self.parser
+        if parser.should_upgrade():
+            self.ready.append(_UPGRADE)
+            return
         target = self.url
         if target[:1] != b"/":
             parsed = None
@@ -355,9 +361,10 @@ class _Connection:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.ready.append(
-                _Refusal(400, "upgrade_not_supported", "protocol upgrades are not supported")
-            )
+            # The bytes after an upgrade belong to another protocol: answer and close.
+            last = self.ready[-1] if self.ready else None
+            if not (isinstance(last, _Refusal) and last.code == _UPGRADE.code):
+                self.ready.append(_UPGRADE)
         except httptools.HttpParserCallbackError:
             pass  # self.refusal says what (set by the callback that raised)
         except httptools.HttpParserError as error:
