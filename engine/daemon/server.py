@@ -498,6 +498,7 @@ class _Server:
                         missed,
                     )
                     last_warning, missed = now, 0
+                logger.debug("accept failed (%s); retrying in %.2f s", error.strerror, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
