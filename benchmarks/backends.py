@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks import cases, catchup, dcb_append, floors, peer
+from benchmarks import cases, catchup, dcb_append, floors, http_command, peer
 from benchmarks.domain import codec
 from benchmarks.harness import Result, Stopwatch
 from engine import MemoryStore
@@ -44,15 +44,19 @@ class Sizes:
     catchup_peer_events: int
     dcb_appends: int
     dcb_per_client: int
+    #: Seconds of wrk load per HTTP server (benchmarks/http_command.py).
+    http_seconds: float
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256, 10_000, 500, 300, 20)
+        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256, 10_000, 500, 300, 20, 2.0)
 
     @classmethod
     def full(cls) -> Sizes:
         # 64 x 200 concurrent commands: long enough (1-2 s) that one run is not noise.
-        return cls(3_000, 100, 64, 200, 100, 10_000, 100_000, 12_800, 100_000, 5_000, 3_000, 200)
+        return cls(
+            3_000, 100, 64, 200, 100, 10_000, 100_000, 12_800, 100_000, 5_000, 3_000, 200, 10.0
+        )
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -502,9 +506,25 @@ def nats(folder: Path, sizes: Sizes) -> Iterator[Result]:
         )
 
 
+def http(folder: Path, sizes: Sizes) -> Iterator[Result]:
+    """The engine over HTTP on SQLite under wrk, beside the same run's in-process
+    ``command.concurrent`` on SQLite, the peer, and the HTTP server's floors
+    (benchmarks/http_command.py)."""
+    from engine.stores.sqlite import open_sqlite_store
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    async def in_process() -> float:
+        async with open_sqlite_store(folder / "in-process.db", codec()) as store:
+            return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
+
+    yield from http_command.http_cases(folder, sizes.http_seconds, _trio(in_process))
+
+
 ALL: dict[str, Callable[[Path, Sizes], Iterator[Result]]] = {
     "memory": memory,
     "sqlite": sqlite,
     "postgres": postgres,
     "nats": nats,
+    "http": http,
 }
