@@ -40,6 +40,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,8 @@ _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 #: before the client has read the answer.
 _LINGER: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+#: How often connections' deadlines are checked: timeouts fire up to this much late.
+_SWEEP: Final = 0.25
 
 
 class AddressInUseError(EskitError, OSError):
@@ -103,7 +106,7 @@ class ServerLimits:
     grace_period: float = 10.0
 
 
-@attrs.frozen
+@attrs.define
 class Request:
     """One request as the app sees it.
 
@@ -199,9 +202,14 @@ class _Connection:
         self.ready: collections.deque[Request | _Refusal] = collections.deque()
         self.refusal: _Refusal | None = None
         self.phase = _IDLE
-        self.idle_scope: trio.CancelScope | None = None
+        self.scope: trio.CancelScope | None = None
+        self.deadline = math.inf
+        self.idle = False
+        self.finished = False
         self.continue_due = False
         self.tls = server.ssl_context is not None
+        # Plain TCP: responses are written straight to the socket when it takes them.
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._reset()
 
     def _reset(self) -> None:
@@ -210,8 +218,6 @@ class _Connection:
         self.head_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
-        self.started = 0.0
-        self.head_done = 0.0
         self.head_fed = 0
 
     # -- parser callbacks (they run inside feed_data; errors go to self.refusal) -----
@@ -223,7 +229,6 @@ class _Connection:
     def on_message_begin(self) -> None:
         self._reset()
         self.phase = _HEAD
-        self.started = trio.current_time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -244,7 +249,6 @@ class _Connection:
 
     def on_headers_complete(self) -> None:
         self.phase = _BODY
-        self.head_done = trio.current_time()
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             self._refuse(505, "http_version_not_supported", "HTTP/1.1 or HTTP/1.0 only")
@@ -315,17 +319,41 @@ class _Connection:
     # -- the connection's task ---------------------------------------------------------
 
     async def serve(self) -> None:
+        """Serve requests until the connection closes.
+
+        One cancel scope per connection; its deadline is a plain number that moves with
+        the phase (idle, head, body, sending; none while the app runs) and the server's
+        sweeper cancels the scope once it has passed (a scope deadline per wait costs
+        more than the rest of a small request). When it fires, the phase says what
+        happened: a slow head or body gets a 408, the rest just closes.
+        """
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            self.deadline = trio.current_time() + self.limits.header_timeout
+            await self._loop()
+        self.scope = None
+        if scope.cancelled_caught and not self.finished and self.phase != _IDLE:
+            self.finished = True
+            what = "headers" if self.phase == _HEAD else "body"
+            await self._send_refusal(
+                _Refusal(408, "request_timeout", f"the request's {what} came too slowly")
+            )
+
+    async def _loop(self) -> None:
         limits = self.limits
-        idle_deadline = trio.current_time() + limits.header_timeout
+        stream = self.stream
+        waiting = -1  # the phase whose deadline the scope holds
         while True:
             while self.ready:
                 item = self.ready.popleft()
                 if isinstance(item, _Refusal):
                     await self._send_refusal(item)
                     return
+                self.deadline = math.inf  # the app takes the time it needs
                 if not await self._answer(item):
                     return
-                idle_deadline = trio.current_time() + limits.keep_alive_timeout
+                self.deadline = trio.current_time() + limits.keep_alive_timeout
+                waiting = _IDLE
             if self.refusal is not None:
                 await self._send_refusal(self.refusal)
                 return
@@ -333,26 +361,18 @@ class _Connection:
                 return
             if self.continue_due:
                 self.continue_due = False
-                if not await self._send(b"HTTP/1.1 100 Continue\r\n\r\n"):
-                    return
-            if self.phase == _IDLE:
-                deadline = idle_deadline
-            elif self.phase == _HEAD:
-                deadline = self.started + limits.header_timeout
-            else:
-                deadline = self.head_done + limits.body_timeout
-            with trio.move_on_at(deadline) as waiting:
-                if self.phase == _IDLE:
-                    self.idle_scope = waiting
-                data = await self.stream.receive_some(_CHUNK)
-            self.idle_scope = None
-            if waiting.cancelled_caught:
-                if self.phase != _IDLE:
-                    what = "headers" if self.phase == _HEAD else "body"
-                    await self._send_refusal(
-                        _Refusal(408, "request_timeout", f"the request's {what} came too slowly")
-                    )
-                return
+                await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                waiting = -1
+            if self.phase != waiting:
+                # The phase changed in the feed just done, so "now" is when it began.
+                waiting = self.phase
+                if waiting == _HEAD:
+                    self.deadline = trio.current_time() + limits.header_timeout
+                elif waiting == _BODY:
+                    self.deadline = trio.current_time() + limits.body_timeout
+            self.idle = self.phase == _IDLE
+            data = await stream.receive_some(_CHUNK)
+            self.idle = False
             if not data:
                 return  # the client closed: a request it had not finished is dropped
             self._feed(data)
@@ -404,37 +424,47 @@ class _Connection:
         parts.append(b"\r\n")
         if request.method != "HEAD" and status not in _NO_BODY_STATUSES:
             parts.append(response.body)
-        if not await self._send(b"".join(parts)):
-            return False
+        await self._send(b"".join(parts))
         if not keep_alive:
             await self._linger()
         return keep_alive
 
     async def _send_refusal(self, refusal: _Refusal) -> None:
+        self.finished = True
         body = error_body(refusal.code, refusal.message)
-        await self._send(
-            b"".join(
-                [
-                    _STATUS_LINES.get(refusal.status) or b"HTTP/1.1 400 \r\n",
-                    _Date.header(),
-                    b"content-type: application/json\r\ncontent-length: ",
-                    str(len(body)).encode(),
-                    b"\r\nconnection: close\r\n\r\n",
-                    body,
-                ]
+        with trio.move_on_after(self.limits.send_timeout):
+            await self._send(
+                b"".join(
+                    [
+                        _STATUS_LINES.get(refusal.status) or b"HTTP/1.1 400 \r\n",
+                        _Date.header(),
+                        b"content-type: application/json\r\ncontent-length: ",
+                        str(len(body)).encode(),
+                        b"\r\nconnection: close\r\n\r\n",
+                        body,
+                    ]
+                )
             )
-        )
         await self._linger()
 
-    async def _send(self, data: bytes) -> bool:
-        with trio.move_on_after(self.limits.send_timeout):
-            await self.stream.send_all(data)
-            return True
-        return False
+    async def _send(self, data: bytes) -> None:
+        """Write ``data``: at once when the socket takes it all (the usual case), else
+        waiting at most ``send_timeout`` for a client that does not read."""
+        if self.fd >= 0:
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.deadline = trio.current_time() + self.limits.send_timeout
+        await self.stream.send_all(data)
 
     async def _linger(self) -> None:
         """Half-close, then drop what the client still sends, so that the answer is read
         before the connection is closed (closing with unread bytes resets it)."""
+        self.finished = True
         if not isinstance(self.stream, trio.SocketStream):
             return
         with trio.move_on_after(_LINGER):
@@ -465,15 +495,31 @@ class _Server:
         with trio.CancelScope(shield=True) as scope:
             self._handlers_scope = scope
             async with trio.open_nursery() as handlers:
+                handlers.start_soon(self._sweep)
                 task_status.started(handlers)
                 await self._stopped.wait()
+
+    async def _sweep(self) -> None:
+        """Cancel the connections whose deadline has passed (checked every ``_SWEEP`` s)."""
+        while True:
+            if not self._stopped.is_set():
+                with trio.move_on_after(_SWEEP):
+                    await self._stopped.wait()
+            elif self.connections:
+                await trio.sleep(_SWEEP)
+            else:
+                return
+            now = trio.current_time()
+            for connection in list(self.connections):
+                if connection.deadline <= now and connection.scope is not None:
+                    connection.scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Stop taking requests: idle connections close now, the rest within the grace."""
         self.closing = True
         for connection in self.connections:
-            if connection.idle_scope is not None:
-                connection.idle_scope.cancel()
+            if connection.idle and connection.scope is not None:
+                connection.scope.cancel()
         if self._handlers_scope is not None:
             self._handlers_scope.deadline = trio.current_time() + self.limits.grace_period
         self._stopped.set()
