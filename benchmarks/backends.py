@@ -518,7 +518,11 @@ def http(folder: Path, sizes: Sizes) -> Iterator[Result]:
         async with open_sqlite_store(folder / "in-process.db", codec()) as store:
             return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
 
-    yield from http_command.http_cases(folder, sizes.http_seconds, _trio(in_process))
+    rate = _trio(in_process)
+    engine_rate = _trio(
+        http_command.engine_in_process, folder / "engine-in-process", sizes.http_seconds
+    )
+    yield from http_command.http_cases(folder, sizes.http_seconds, rate, engine_rate)
 
 
 ALL: dict[str, Callable[[Path, Sizes], Iterator[Result]]] = {

@@ -211,7 +211,59 @@ def fixed_reply(wrk: str, folder: Path, kind: str, seconds: float) -> Load:
         return run_wrk(wrk, url + "/", seconds, None)
 
 
-def http_cases(folder: Path, seconds: float, in_process: float) -> Iterator[Result]:
+async def engine_in_process(folder: Path, seconds: float) -> float:
+    """The same daemon (bank plugin, its runners, logging, SQLite) without HTTP: 64 tasks
+    calling ``Engine.send_command`` with random Deposits for ``seconds``; commands/s."""
+    import random
+
+    import trio
+
+    from engine.daemon.config import parse_config
+    from engine.daemon.engine import open_engine
+
+    config = parse_config(
+        {
+            "engine": {"data_dir": str(folder / "data"), "node_id": "bench"},
+            "http": {"enabled": False},
+            "plugins": {"enabled": ["bank"]},
+        },
+        environ={},
+    )
+    done = 0
+    async with open_engine(config) as engine:
+        for index in range(ACCOUNTS):
+            await engine.send_command(
+                "bank",
+                "OpenAccount",
+                stream_id=f"acc-{index}",
+                data={"initial_balance": 0},
+                command_id=None,
+            )
+
+        async def client(seed: int) -> None:
+            nonlocal done
+            pick = random.Random(seed)
+            while True:
+                await engine.send_command(
+                    "bank",
+                    "Deposit",
+                    stream_id=f"acc-{pick.randrange(ACCOUNTS)}",
+                    data={"amount": 1},
+                    command_id=None,
+                )
+                done += 1
+
+        started = trio.current_time()
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for seed in range(CONNECTIONS):
+                    nursery.start_soon(client, seed)
+        return done / (trio.current_time() - started)
+
+
+def http_cases(
+    folder: Path, seconds: float, in_process: float, engine_rate: float
+) -> Iterator[Result]:
     """The ``http.command`` and ``http.noop`` rows (none without wrk)."""
     wrk = ensure_wrk()
     if wrk is None:
@@ -239,6 +291,8 @@ def http_cases(folder: Path, seconds: float, in_process: float) -> Iterator[Resu
             f"Deposits over {ACCOUNTS} accounts; floor = in-process command.concurrent of "
             f"this run; peer = FastAPI + uvicorn + eventsourcing on SQLite"
             + (f" (p50 {peer.p50_ms:.2f} ms, p99 {peer.p99_ms:.2f} ms)" if peer else "")
+            + f"; the same daemon without HTTP (Engine.send_command, 64 tasks): "
+            f"{engine_rate:,.0f}/s ({load.rate / engine_rate:.2f}x)"
             + f"; acknowledged {load.acknowledged}, stored {stored}"
             + (f", {load.failed} non-2xx" if load.failed else "")
             + (" (LOST)" if lost > 0 else ", none lost")
