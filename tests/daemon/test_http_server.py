@@ -336,3 +336,21 @@ async def test_graceful_shutdown_answers_the_request_in_flight(tmp_path: Path) -
     assert replies == [(200, "close")]
     with pytest.raises(OSError, match="all attempts to connect"):
         await Connection.open(url)
+
+
+async def test_a_request_longer_than_the_grace_period_is_cut(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A request still running when [engine] grace_period ends is cut: the engine closes
+    within the grace, and the client's connection is closed without an answer."""
+    config = config_for(tmp_path, engine={"grace_period": 1.0})
+    async with open_engine(config) as engine:
+        waiting = await Connection.open(engine.http_urls[0])
+        # Waits up to 5 s for a position nothing will write.
+        await waiting.send(get("/queries/bank/balance?account=x&wait_for_position=1000"))
+        await trio.testing.wait_all_tasks_blocked()
+        closing_started = trio.current_time()
+    assert trio.current_time() - closing_started <= 1.5
+    with pytest.raises(EOFError):
+        await waiting.reply()
+    await waiting.aclose()
