@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import resource
@@ -461,7 +462,11 @@ def _require(method: str, expected: str) -> None:
 
 
 def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # orjson stops at 64-bit integers; a state may hold a bigger one (a sum).
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _ok(value: Any, status: int = 200) -> Response:

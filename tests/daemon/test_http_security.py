@@ -297,3 +297,16 @@ async def test_a_port_in_use_is_named(tmp_path: Path) -> None:
             error = error.exceptions[0]
         assert isinstance(error, AddressInUseError)
         assert f"address 127.0.0.1:{port} is in use" in str(error)
+
+
+async def test_a_state_beyond_64_bits_is_answered(engine: Engine) -> None:
+    """A command whose new state holds an integer over 64 bits (a sum) is answered 200
+    with the exact number (orjson stops at 64 bits; the answer falls back to json)."""
+    big = 2**63 - 1
+    opened = json.dumps({"stream_id": "big", "data": {"initial_balance": 1}}).encode()
+    assert (await _exchange(engine, post("/commands/bank/OpenAccount", opened)))[0] == 200
+    deposit = json.dumps({"stream_id": "big", "data": {"amount": big}}).encode()
+    for _ in range(3):
+        status, body = await _exchange(engine, post("/commands/bank/Deposit", deposit))
+        assert status == 200, body
+    assert body["state"]["balance"] == 3 * big + 1
