@@ -439,8 +439,10 @@ def parse_json(raw: bytes) -> Any:
     :data:`MAX_JSON_DEPTH` levels deep; anything else is a 400 ``bad_json``."""
     try:
         value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise HttpError(400, "bad_json", "the body is not valid JSON") from None
+    except orjson.JSONDecodeError as error:
+        raise HttpError(
+            400, "bad_json", f"the body is not valid JSON: {error.msg} (at character {error.pos})"
+        ) from None
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         item, depth = pending.pop()
