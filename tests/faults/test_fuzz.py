@@ -98,7 +98,10 @@ raw_bodies = (
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with open_engine(config_for(tmp_path, http={"max_body_bytes": MAX_BODY})) as running:
+    # A request declaring a body it never sends waits for body_timeout, then gets 408:
+    # short timeouts keep such examples within the client's 10 s guard.
+    http = {"max_body_bytes": MAX_BODY, "body_timeout": 2.0, "header_timeout": 2.0}
+    async with open_engine(config_for(tmp_path, http=http)) as running:
         yield running
 
 
