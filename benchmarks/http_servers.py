@@ -33,7 +33,8 @@ async def _until_signal(nursery: trio.Nursery) -> None:
 
 
 async def _noop() -> None:
-    from engine.daemon.server import Request, Response, serve_http
+    from engine.daemon.http1 import Request, Response
+    from engine.daemon.server import serve_http
 
     async def app(request: Request) -> Response:
         return Response(200, _REPLY)

@@ -63,7 +63,8 @@ import trio
 
 from engine.cluster import RemoteCommandError, UnknownOutcomeError
 from engine.daemon.config import HttpConfig
-from engine.daemon.server import Request, Response, ServerLimits, error_body, serve_http
+from engine.daemon.http1 import Request, Response, ServerLimits, error_body
+from engine.daemon.server import serve_http
 from engine.dcb.base import AppendConditionError
 from engine.errors import (
     CodecError,

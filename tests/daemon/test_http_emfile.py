@@ -19,7 +19,8 @@ SERVER = textwrap.dedent(
     """
     import functools, logging, resource, sys
     import trio
-    from engine.daemon.server import Response, ServerLimits, serve_http
+    from engine.daemon.http1 import Response, ServerLimits
+    from engine.daemon.server import serve_http
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
