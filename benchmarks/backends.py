@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -507,22 +508,77 @@ def nats(folder: Path, sizes: Sizes) -> Iterator[Result]:
 
 
 def http(folder: Path, sizes: Sizes) -> Iterator[Result]:
-    """The engine over HTTP on SQLite under wrk, beside the same run's in-process
-    ``command.concurrent`` on SQLite, the peer, and the HTTP server's floors
-    (benchmarks/http_command.py)."""
+    """The engine over HTTP under wrk on SQLite and PostgreSQL, each beside the same run's
+    in-process ``command.concurrent`` on that store, the same daemon without HTTP, and
+    the peer; then the HTTP server beside its floor (benchmarks/http_command.py)."""
+    from engine.stores.postgres import open_postgres_store
     from engine.stores.sqlite import open_sqlite_store
+    from tests.servers import run_postgres
 
+    wrk = http_command.ensure_wrk()
+    if wrk is None:
+        print("   http.*: skipped, wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return
     folder.mkdir(parents=True, exist_ok=True)
+    seconds = sizes.http_seconds
 
-    async def in_process() -> float:
+    async def sqlite_in_process() -> float:
         async with open_sqlite_store(folder / "in-process.db", codec()) as store:
             return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
 
-    rate = _trio(in_process)
-    engine_rate = _trio(
-        http_command.engine_in_process, folder / "engine-in-process", sizes.http_seconds
+    yield http_command.command_case(
+        wrk,
+        folder / "sqlite",
+        seconds,
+        backend="sqlite",
+        store={"backend": "sqlite"},
+        in_process=_trio(sqlite_in_process),
+        engine_rate=http_command.engine_in_process(folder / "sqlite-in-process", seconds, {}),
+        peer_env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(folder / "peer.db"),
+            "AGGREGATE_CACHE_MAXSIZE": "1000",
+        },
     )
-    yield from http_command.http_cases(folder, sizes.http_seconds, rate, engine_rate)
+    with run_postgres(durable=True) as server:
+        dsn = server.dsn
+
+        async def pg_in_process() -> float:
+            schema = f"h_{secrets.token_hex(4)}"
+            async with open_postgres_store(dsn, codec(), schema=schema) as store:
+                return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
+
+        def pg_store() -> dict[str, str]:
+            return {"backend": "postgres", "dsn": dsn, "schema": f"h_{secrets.token_hex(4)}"}
+
+        peer_schema = f"hpeer_{secrets.token_hex(4)}"
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {peer_schema}")
+        yield http_command.command_case(
+            wrk,
+            folder / "postgres",
+            seconds,
+            backend="postgres",
+            store=pg_store(),
+            in_process=_trio(pg_in_process),
+            engine_rate=http_command.engine_in_process(
+                folder / "pg-in-process", seconds, pg_store()
+            ),
+            peer_env={
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": "postgres",
+                "POSTGRES_HOST": server.host,
+                "POSTGRES_PORT": str(server.port),
+                "POSTGRES_USER": "postgres",
+                "POSTGRES_PASSWORD": "",
+                "POSTGRES_SCHEMA": peer_schema,
+                "POSTGRES_POOL_SIZE": "10",
+                "AGGREGATE_CACHE_MAXSIZE": "1000",
+            },
+        )
+    yield http_command.noop_case(wrk, folder / "noop", seconds)
 
 
 ALL: dict[str, Callable[[Path, Sizes], Iterator[Result]]] = {

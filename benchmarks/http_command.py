@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -117,11 +119,16 @@ def run_wrk(wrk: str, url: str, seconds: float, script: Path | None) -> Load:
 
 
 @contextlib.contextmanager
-def _process(command: list[str], log: Path, *, ready: str = "http") -> Iterator[str]:
-    """Start a server process writing to ``log``; yield its URL (the first line of its
-    output holding one) once a line holds ``ready``; stop it with SIGTERM."""
+def _process(
+    command: list[str], log: Path, *, ready: str = "http", env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start a server process writing to ``log`` (``env`` added to the environment);
+    yield its URL (the first line of its output holding one) once a line holds
+    ``ready``; stop it with SIGTERM."""
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     try:
         deadline = time.monotonic() + 60
         url = ""
@@ -171,13 +178,16 @@ def _head(url: str) -> int:
     return head
 
 
-def engine_over_http(wrk: str, folder: Path, seconds: float, script: Path) -> tuple[Load, int]:
-    """The daemon on SQLite under wrk; the load and the deposits stored."""
+def engine_over_http(
+    wrk: str, folder: Path, seconds: float, script: Path, store: dict[str, str]
+) -> tuple[Load, int]:
+    """The daemon (``[store]`` as given) under wrk; the load and the deposits stored."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "eskit.toml"
     config.write_text(
         f'[engine]\ndata_dir = "{folder / "data"}"\nnode_id = "bench"\n'
-        '[http]\nport = 0\n[plugins]\nenabled = ["bank"]\n'
+        '[http]\nport = 0\n[plugins]\nenabled = ["bank"]\n[store]\n'
+        + "".join(f"{key} = {json.dumps(value)}\n" for key, value in store.items())
     )
     daemon = [sys.executable, "-m", "engine", "run", "-c", str(config)]
     with _process(daemon, folder / "daemon.log", ready="ready") as url:
@@ -188,8 +198,11 @@ def engine_over_http(wrk: str, folder: Path, seconds: float, script: Path) -> tu
     return load, stored
 
 
-def peer_over_http(wrk: str, folder: Path, seconds: float, script: Path) -> Load | None:
-    """FastAPI + uvicorn + eventsourcing's bank on SQLite under the same load."""
+def peer_over_http(
+    wrk: str, folder: Path, seconds: float, script: Path, env: dict[str, str]
+) -> Load | None:
+    """FastAPI + uvicorn + eventsourcing's bank (persistence from ``env``) under the same
+    load."""
     try:
         import eventsourcing  # noqa: F401
         import fastapi  # noqa: F401
@@ -198,8 +211,8 @@ def peer_over_http(wrk: str, folder: Path, seconds: float, script: Path) -> Load
         print("   http.command: no peer (pip install fastapi uvicorn)", file=sys.stderr)
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    peer = [sys.executable, "-m", "benchmarks.http_servers", "peer", str(folder / "peer.db")]
-    with _process(peer, folder / "peer.log") as url:
+    peer = [sys.executable, "-m", "benchmarks.http_servers", "peer"]
+    with _process(peer, folder / "peer.log", env=env) as url:
         _open_accounts(url)
         return run_wrk(wrk, url, seconds, script)
 
@@ -211,24 +224,44 @@ def fixed_reply(wrk: str, folder: Path, kind: str, seconds: float) -> Load:
         return run_wrk(wrk, url + "/", seconds, None)
 
 
-async def engine_in_process(folder: Path, seconds: float) -> float:
-    """The same daemon (bank plugin, its runners, logging, SQLite) without HTTP: 64 tasks
-    calling ``Engine.send_command`` with random Deposits for ``seconds``; commands/s."""
-    import random
-
+def engine_in_process(folder: Path, seconds: float, store: dict[str, str]) -> float:
+    """The same daemon (bank plugin, its runners, logging, ``[store]`` as given) without
+    HTTP: 64 tasks calling ``Engine.send_command`` with random Deposits for ``seconds``;
+    commands/s."""
     import trio
 
     from engine.daemon.config import parse_config
-    from engine.daemon.engine import open_engine
+    from engine.observability.logging import configure_logging
 
     config = parse_config(
         {
             "engine": {"data_dir": str(folder / "data"), "node_id": "bench"},
             "http": {"enabled": False},
             "plugins": {"enabled": ["bank"]},
+            "store": store,
         },
         environ={},
     )
+    # Log as `eskit run` does (INFO, text, one line per command), to a file.
+    root = logging.getLogger()
+    level = root.level
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "engine.log").open("w") as log:
+        handler = configure_logging(node_id="bench", stream=log)
+        try:
+            return float(trio.run(_send_deposits, config, seconds))
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+
+async def _send_deposits(config: Any, seconds: float) -> float:
+    import random
+
+    import trio
+
+    from engine.daemon.engine import open_engine
+
     done = 0
     async with open_engine(config) as engine:
         for index in range(ACCOUNTS):
@@ -261,25 +294,35 @@ async def engine_in_process(folder: Path, seconds: float) -> float:
         return done / (trio.current_time() - started)
 
 
-def http_cases(
-    folder: Path, seconds: float, in_process: float, engine_rate: float
-) -> Iterator[Result]:
-    """The ``http.command`` and ``http.noop`` rows (none without wrk)."""
-    wrk = ensure_wrk()
-    if wrk is None:
-        print("   http.*: skipped, wrk is not installed (apt-get install wrk)", file=sys.stderr)
-        return
+def ensure_script(folder: Path) -> Path:
+    """The wrk script sending random Deposits."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "deposits.lua"
     script.write_text(_DEPOSITS)
-    load, stored = engine_over_http(wrk, folder / "engine", seconds, script)
+    return script
+
+
+def command_case(
+    wrk: str,
+    folder: Path,
+    seconds: float,
+    *,
+    backend: str,
+    store: dict[str, str],
+    in_process: float,
+    engine_rate: float,
+    peer_env: dict[str, str],
+) -> Result:
+    """The ``http.command`` row of one backend."""
+    script = ensure_script(folder)
+    load, stored = engine_over_http(wrk, folder / "engine", seconds, script, store)
     lost = load.acknowledged - stored
     if lost > 0:
         print(f"   http.command: {lost} ACKNOWLEDGED DEPOSITS LOST", file=sys.stderr, flush=True)
-    peer = peer_over_http(wrk, folder / "peer", seconds, script)
-    yield Result(
+    peer = peer_over_http(wrk, folder / "peer", seconds, script, peer_env)
+    return Result(
         "http.command",
-        "sqlite",
+        backend,
         "commands",
         load.rate,
         floor=in_process,
@@ -287,20 +330,25 @@ def http_cases(
         p50_ms=load.p50_ms,
         p99_ms=load.p99_ms,
         notes=(
-            f"eskit run (bank plugin, SQLite FULL) under wrk -t1 -c{CONNECTIONS}, random "
+            f"eskit run (bank plugin, {backend}) under wrk -t1 -c{CONNECTIONS}, random "
             f"Deposits over {ACCOUNTS} accounts; floor = in-process command.concurrent of "
-            f"this run; peer = FastAPI + uvicorn + eventsourcing on SQLite"
+            f"this run; peer = FastAPI + uvicorn + eventsourcing on {backend}"
             + (f" (p50 {peer.p50_ms:.2f} ms, p99 {peer.p99_ms:.2f} ms)" if peer else "")
-            + f"; the same daemon without HTTP (Engine.send_command, 64 tasks): "
+            + "; the same daemon without HTTP (Engine.send_command, 64 tasks): "
             f"{engine_rate:,.0f}/s ({load.rate / engine_rate:.2f}x)"
             + f"; acknowledged {load.acknowledged}, stored {stored}"
             + (f", {load.failed} non-2xx" if load.failed else "")
             + (" (LOST)" if lost > 0 else ", none lost")
         ),
     )
+
+
+def noop_case(wrk: str, folder: Path, seconds: float) -> Result:
+    """The ``http.noop`` row: eskit's server with a fixed reply beside the bare server."""
+    folder.mkdir(parents=True, exist_ok=True)
     noop = fixed_reply(wrk, folder, "noop", seconds)
     bare = fixed_reply(wrk, folder, "bare", seconds)
-    yield Result(
+    return Result(
         "http.noop",
         "-",
         "requests",

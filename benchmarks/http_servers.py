@@ -4,8 +4,9 @@
     app that answers every request with a fixed JSON body: the ingress alone (a floor);
 ``python -m benchmarks.http_servers bare``  a bare Trio server driving httptools' llhttp
     parser and writing a fixed reply: what Trio + the parser cost (the floor of the floor);
-``python -m benchmarks.http_servers peer DB``  FastAPI on uvicorn with the eventsourcing
-    library's bank on SQLite file ``DB``: the peer, same routes and bodies as the engine.
+``python -m benchmarks.http_servers peer``  FastAPI on uvicorn with the eventsourcing
+    library's bank, persisted as the environment says (``PERSISTENCE_MODULE``, ...): the
+    peer, same routes and bodies as the engine.
 
 Each prints its URL on the first line of stdout once it listens, and serves until
 SIGINT/SIGTERM.
@@ -79,16 +80,8 @@ async def _bare() -> None:
         await _until_signal(nursery)
 
 
-def _peer(db: str) -> None:
-    import os
-
-    os.environ.update(
-        {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": db,
-            "AGGREGATE_CACHE_MAXSIZE": "1000",
-        }
-    )
+def _peer() -> None:
+    # Persistence comes from the environment (PERSISTENCE_MODULE, SQLITE_DBNAME, ...).
     import uvicorn
     from eventsourcing.application import Application
     from eventsourcing.domain import Aggregate, event
@@ -165,8 +158,8 @@ def main() -> None:
             trio.run(_noop)
         case ["bare"]:
             trio.run(_bare)
-        case ["peer", db]:
-            _peer(db)
+        case ["peer"]:
+            _peer()
         case _:
             raise SystemExit(__doc__)
 
