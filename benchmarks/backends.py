@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks import cases, catchup, dcb_append, floors, peer
+from benchmarks import cases, catchup, dcb_append, floors, http_command, peer
 from benchmarks.domain import codec
 from benchmarks.harness import Result, Stopwatch
 from engine import MemoryStore
@@ -44,15 +45,19 @@ class Sizes:
     catchup_peer_events: int
     dcb_appends: int
     dcb_per_client: int
+    #: Seconds of wrk load per HTTP server (benchmarks/http_command.py).
+    http_seconds: float
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256, 10_000, 500, 300, 20)
+        return cls(200, 50, 64, 4, 10, 2_000, 10_000, 256, 10_000, 500, 300, 20, 2.0)
 
     @classmethod
     def full(cls) -> Sizes:
         # 64 x 200 concurrent commands: long enough (1-2 s) that one run is not noise.
-        return cls(3_000, 100, 64, 200, 100, 10_000, 100_000, 12_800, 100_000, 5_000, 3_000, 200)
+        return cls(
+            3_000, 100, 64, 200, 100, 10_000, 100_000, 12_800, 100_000, 5_000, 3_000, 200, 10.0
+        )
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -502,9 +507,84 @@ def nats(folder: Path, sizes: Sizes) -> Iterator[Result]:
         )
 
 
+def http(folder: Path, sizes: Sizes) -> Iterator[Result]:
+    """The engine over HTTP under wrk on SQLite and PostgreSQL, each beside the same run's
+    in-process ``command.concurrent`` on that store, the same daemon without HTTP, and
+    the peer; then the HTTP server beside its floor (benchmarks/http_command.py)."""
+    from engine.stores.postgres import open_postgres_store
+    from engine.stores.sqlite import open_sqlite_store
+    from tests.servers import run_postgres
+
+    wrk = http_command.ensure_wrk()
+    if wrk is None:
+        print("   http.*: skipped, wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = sizes.http_seconds
+
+    async def sqlite_in_process() -> float:
+        async with open_sqlite_store(folder / "in-process.db", codec()) as store:
+            return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
+
+    yield http_command.command_case(
+        wrk,
+        folder / "sqlite",
+        seconds,
+        backend="sqlite",
+        store={"backend": "sqlite"},
+        in_process=_trio(sqlite_in_process),
+        engine_rate=http_command.engine_in_process(folder / "sqlite-in-process", seconds, {}),
+        peer_env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(folder / "peer.db"),
+            "AGGREGATE_CACHE_MAXSIZE": "1000",
+        },
+    )
+    with run_postgres(durable=True) as server:
+        dsn = server.dsn
+
+        async def pg_in_process() -> float:
+            schema = f"h_{secrets.token_hex(4)}"
+            async with open_postgres_store(dsn, codec(), schema=schema) as store:
+                return await cases.command_concurrent(store, sizes.concurrent_tasks, sizes.per_task)
+
+        def pg_store() -> dict[str, str]:
+            return {"backend": "postgres", "dsn": dsn, "schema": f"h_{secrets.token_hex(4)}"}
+
+        peer_schema = f"hpeer_{secrets.token_hex(4)}"
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {peer_schema}")
+        yield http_command.command_case(
+            wrk,
+            folder / "postgres",
+            seconds,
+            backend="postgres",
+            store=pg_store(),
+            in_process=_trio(pg_in_process),
+            engine_rate=http_command.engine_in_process(
+                folder / "pg-in-process", seconds, pg_store()
+            ),
+            peer_env={
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": "postgres",
+                "POSTGRES_HOST": server.host,
+                "POSTGRES_PORT": str(server.port),
+                "POSTGRES_USER": "postgres",
+                "POSTGRES_PASSWORD": "",
+                "POSTGRES_SCHEMA": peer_schema,
+                "POSTGRES_POOL_SIZE": "10",
+                "AGGREGATE_CACHE_MAXSIZE": "1000",
+            },
+        )
+    yield http_command.noop_case(wrk, folder / "noop", seconds)
+
+
 ALL: dict[str, Callable[[Path, Sizes], Iterator[Result]]] = {
     "memory": memory,
     "sqlite": sqlite,
     "postgres": postgres,
     "nats": nats,
+    "http": http,
 }

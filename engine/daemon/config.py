@@ -161,13 +161,26 @@ class ClusterConfig:
 
 @attrs.frozen(kw_only=True)
 class HttpConfig:
-    """``[http]``: the command and query ingress (loopback only unless you say otherwise)."""
+    """``[http]``: the command and query ingress (loopback only unless you say otherwise).
+
+    ``allowed_hosts`` names the host names (besides IP addresses and ``localhost``) that
+    browsers may address requests to (DNS-rebinding protection; ``["*"]`` allows any).
+    ``tls_cert`` and ``tls_key`` (PEM files) serve HTTPS. The timeouts bound slow clients
+    (seconds): a request's head, its body, an idle keep-alive connection.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
     token: str = attrs.field(default="", repr=False)
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    allowed_hosts: tuple[str, ...] = ()
+    max_connections: int = attrs.field(default=1000, validator=_positive)
+    header_timeout: float = attrs.field(default=10.0, validator=_positive)
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    keep_alive_timeout: float = attrs.field(default=5.0, validator=_positive)
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -415,6 +428,8 @@ def _check_backends(config: Config, source: str) -> None:
         problems.append("nats.tls_key: needs nats.tls_cert (the client certificate)")
     if config.nats.credentials and config.nats.nkey_seed:
         problems.append("nats: give either credentials or nkey_seed, not both")
+    if bool(config.http.tls_cert) != bool(config.http.tls_key):
+        problems.append("http.tls_cert, http.tls_key: give both (PEM files) or neither")
     if config.store.min_pool_size > config.store.pool_size:
         problems.append("store.min_pool_size: must be <= store.pool_size")
     if problems:

@@ -40,7 +40,7 @@ from engine.bus.channel import ChannelEventBus
 from engine.cluster import ClusterRouter, CommandRequest, open_cluster_router
 from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, make_converter
 from engine.daemon.config import Config, NatsConfig
-from engine.daemon.http import HttpError, HttpIngress, serve_http, status_for
+from engine.daemon.http import HttpError, run_ingress, status_for
 from engine.daemon.plugins import load_plugins
 from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
@@ -1270,11 +1270,13 @@ async def open_engine(
             engine._background = runners
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
-                    app = HttpIngress(
-                        engine, token=config.http.token, max_body_bytes=config.http.max_body_bytes
-                    )
                     engine.http_urls = await ingress.start(
-                        serve_http, app, config.http.host, config.http.port
+                        functools.partial(
+                            run_ingress,
+                            engine,
+                            config.http,
+                            grace_period=config.engine.grace_period,
+                        )
                     )
                 try:
                     yield engine
