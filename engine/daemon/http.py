@@ -77,6 +77,7 @@ from engine.errors import (
     InvalidParameterError,
     InvalidStreamIdError,
     LockNotHeldError,
+    NotActiveError,
     NotCaughtUpError,
     NotFoundError,
     StorageFullError,
@@ -160,6 +161,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownCommandError, 404),
     (NotFoundError, 404),
     (NotCaughtUpError, 503),
+    (NotActiveError, 503),
     (StorageFullError, 503),
     (LockNotHeldError, 503),
 )

@@ -20,6 +20,7 @@ from engine.dcb.base import AppendCondition, AppendConditionError, Query, QueryI
 from engine.errors import (
     InvalidParameterError,
     LockNotHeldError,
+    NotActiveError,
     NotCaughtUpError,
     StorageFullError,
 )
@@ -35,6 +36,8 @@ async def _fail(params: Mapping[str, str]) -> dict[str, Any]:
             raise NotCaughtUpError(7, 3)
         case "storage_full":
             raise StorageFullError("the disk is full")
+        case "not_active":
+            raise NotActiveError("bank.balances@1", "node-b")
         case "lock":
             raise LockNotHeldError("the lease of stream 's' was lost")
         case "condition":
@@ -42,6 +45,8 @@ async def _fail(params: Mapping[str, str]) -> dict[str, Any]:
             raise AppendConditionError(AppendCondition(fail_if_events_match=query, after=1), 2)
         case "bug":
             raise RuntimeError("a bug in the query")
+        case "big":
+            return {"n": 3 * (2**63 - 1) + 1}
     return {"ok": True}
 
 
@@ -186,7 +191,8 @@ async def test_invalid_utf8_in_the_path_is_refused(engine: Engine) -> None:
     status, body = await _exchange(engine, get("/streams/a%FF"))
     assert (status, body["error"]["code"]) == (400, "bad_path")
     status, body = await _exchange(engine, get("/streams/caf%C3%A9"))
-    assert (status, body["stream_id"]) == (200, "caf\u00e9")
+    assert (status, body["error"]["code"]) == (404, "unknown_stream")
+    assert "'caf\u00e9'" in body["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -238,6 +244,7 @@ async def test_unknown_top_level_keys_are_refused(engine: Engine) -> None:
         ("parameter", 400, "bad_parameter"),
         ("not_caught_up", 503, "not_caught_up"),
         ("storage_full", 503, "storage_full"),
+        ("not_active", 503, "not_active"),
         ("lock", 503, "lock_not_held"),
         ("condition", 409, "append_condition_failed"),
         ("bug", 500, "internal_error"),
@@ -247,7 +254,7 @@ async def test_engine_errors_map_to_their_statuses(
     engine: Engine, error: str, status: int, code: str
 ) -> None:
     """Issues 15.12 and 16.12: a query's InvalidParameterError is 400 with its message;
-    NotCaughtUpError, StorageFullError and LockNotHeldError are 503 with their own
+    NotCaughtUpError, StorageFullError, NotActiveError and LockNotHeldError are 503 with their own
     message; AppendConditionError is 409; only a bug is a 500."""
     got, body = await _exchange(engine, get(f"/queries/probe/fail?error={error}"))
     assert (got, body["error"]["code"]) == (status, code)
@@ -299,14 +306,8 @@ async def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         assert f"address 127.0.0.1:{port} is in use" in str(error)
 
 
-async def test_a_state_beyond_64_bits_is_answered(engine: Engine) -> None:
-    """A command whose new state holds an integer over 64 bits (a sum) is answered 200
-    with the exact number (orjson stops at 64 bits; the answer falls back to json)."""
-    big = 2**63 - 1
-    opened = json.dumps({"stream_id": "big", "data": {"initial_balance": 1}}).encode()
-    assert (await _exchange(engine, post("/commands/bank/OpenAccount", opened)))[0] == 200
-    deposit = json.dumps({"stream_id": "big", "data": {"amount": big}}).encode()
-    for _ in range(3):
-        status, body = await _exchange(engine, post("/commands/bank/Deposit", deposit))
-        assert status == 200, body
-    assert body["state"]["balance"] == 3 * big + 1
+async def test_an_answer_beyond_64_bits_is_answered(engine: Engine) -> None:
+    """An answer holding an integer over 64 bits (a sum in a state or a query) is 200 with
+    the exact number (orjson stops at 64 bits; the answer falls back to json)."""
+    status, body = await _exchange(engine, get("/queries/probe/fail?error=big"))
+    assert (status, body) == (200, {"n": 3 * (2**63 - 1) + 1})
