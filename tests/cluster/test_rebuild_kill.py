@@ -65,7 +65,10 @@ async def test_an_engine_killed_mid_rebuild_never_builds_into_that_version_again
         {
             "engine": {"node_id": "k", "data_dir": str(tmp_path / "k")},
             "http": {"port": port},
-            "plugins": {"enabled": [], "modules": ["tests.cluster.slow_rebuild_plugin:plugin"]},
+            "plugins": {
+                "enabled": ["bank"],
+                "modules": ["tests.cluster.slow_rebuild_plugin:plugin"],
+            },
             "runners": {"poll_interval": 0.2, "batch_size": 1},
         },
     )
