@@ -31,12 +31,9 @@ readers never see a position appear behind one they have read.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import datetime as dt
-import hashlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -47,13 +44,23 @@ import trio
 
 from engine.codec import Codec
 from engine.drivers.nats import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MSG_ID,
     JetStreamApiError,
     NatsConnection,
     OutMsg,
     open_nats,
 )
+from engine.drivers.nats_vocabulary import (
+    BATCH_DUPLICATE_MSG_ID,
+    BATCH_TOO_LARGE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    MSG_ID,
+    TOO_MANY_BATCHES_IN_FLIGHT,
+    WRONG_LAST_SEQUENCE,
+    check_namespace,
+    digest_token,
+    kv_stream,
+)
+from engine.drivers.nats_vocabulary import subject_token as stream_subject_token
 from engine.errors import (
     ConcurrencyError,
     IdempotencyConflictError,
@@ -71,11 +78,9 @@ from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT
 from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
 from engine.stores.nats_kv import (
     KV_RETRIES,
-    WRONG_LAST_SEQUENCE,
     NatsCheckpointStore,
     NatsSnapshotStore,
     kv_bucket_config,
-    subject_token,
 )
 
 __all__ = [
@@ -113,16 +118,8 @@ DEFAULT_DUPLICATE_WINDOW = 120.0
 #: refused because the server has too many batches in flight.
 MAX_RETRIES = KV_RETRIES
 
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
-
-# JetStream error codes this store reacts to.
-_STREAM_NOT_FOUND = 10059
-_STREAM_NAME_IN_USE = 10058
-_BATCH_DUPLICATE_MSG_ID = 10201
-_BATCH_TOO_LARGE = 10199
-_TOO_MANY_BATCHES_IN_FLIGHT = 10210
 
 
 class _EventBody(msgspec.Struct, array_like=True, tag_field="kind", tag=1):
@@ -144,18 +141,6 @@ class _KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
 
 _encoder = msgspec.msgpack.Encoder()
 _body_decoder = msgspec.msgpack.Decoder(_EventBody | _KeyBody)
-
-
-def stream_subject_token(stream_id: str) -> str:
-    """The subject token of a stream id: base64url of its UTF-8 bytes, unpadded."""
-    return subject_token(stream_id)
-
-
-def _key_token(key: str) -> str:
-    # Keys may be any length; a digest keeps the subject short. The key itself is
-    # stored in the body and compared on read.
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 @attrs.frozen
@@ -181,8 +166,7 @@ class _Names:
 
     @classmethod
     def of(cls, namespace: str) -> _Names:
-        if not _NAMESPACE_RE.fullmatch(namespace):
-            raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
+        check_namespace(namespace)
         return cls(
             namespace=namespace,
             stream=f"{namespace}_events",
@@ -195,7 +179,7 @@ class _Names:
 
 def _translate_api_error(exc: JetStreamApiError) -> Exception:
     """The one place JetStream API errors that are not handled in place become engine errors."""
-    if exc.err_code == _BATCH_TOO_LARGE:
+    if exc.err_code == BATCH_TOO_LARGE:
         return ValueError(f"the append is larger than the server's atomic batch limit: {exc}")
     return exc
 
@@ -292,10 +276,10 @@ class NatsStore(Generic[E]):
             try:
                 return await self._write(stream_id, encoded, head, key)
             except JetStreamApiError as exc:
-                if exc.err_code == _TOO_MANY_BATCHES_IN_FLIGHT:
+                if exc.err_code == TOO_MANY_BATCHES_IN_FLIGHT:
                     await trio.sleep(0.01)
                     continue
-                if exc.err_code == _BATCH_DUPLICATE_MSG_ID:
+                if exc.err_code == BATCH_DUPLICATE_MSG_ID:
                     return await self._already_stored(stream_id, encoded)
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -338,7 +322,7 @@ class NatsStore(Generic[E]):
             body = _encoder.encode(_KeyBody(key, stream_id, len(encoded)))
             messages.append(
                 OutMsg(
-                    self._names.keys + _key_token(key),
+                    self._names.keys + digest_token(key),
                     body,
                     {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
                 )
@@ -433,7 +417,7 @@ class NatsStore(Generic[E]):
 
     async def _find_key(self, key: str) -> tuple[_KeyBody, int] | None:
         message = await self._connection.direct_get_last(
-            self._names.stream, self._names.keys + _key_token(key)
+            self._names.stream, self._names.keys + digest_token(key)
         )
         if message is None:
             return None
@@ -668,18 +652,6 @@ def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) 
     }
 
 
-async def _ensure_stream(connection: NatsConnection, config: dict[str, Any]) -> None:
-    name = config["name"]
-    try:
-        await connection.api(f"$JS.API.STREAM.CREATE.{name}", config)
-    except JetStreamApiError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-        # It exists with other settings (an older eskit, or an operator's edits):
-        # bring the ones this store relies on into line.
-        await connection.api(f"$JS.API.STREAM.UPDATE.{name}", config)
-
-
 async def ensure_nats_store(
     connection: NatsConnection,
     namespace: str = DEFAULT_NAMESPACE,
@@ -689,20 +661,16 @@ async def ensure_nats_store(
 ) -> None:
     """Create (or update) the event stream and the two KV buckets of ``namespace``."""
     names = _Names.of(namespace)
-    await _ensure_stream(connection, _event_stream_config(names, replicas, duplicate_window))
-    await _ensure_stream(connection, kv_bucket_config(names.snapshots, replicas))
-    await _ensure_stream(connection, kv_bucket_config(names.checkpoints, replicas))
+    await connection.ensure_stream(_event_stream_config(names, replicas, duplicate_window))
+    await connection.ensure_stream(kv_bucket_config(names.snapshots, replicas))
+    await connection.ensure_stream(kv_bucket_config(names.checkpoints, replicas))
 
 
 async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
     """Delete the event stream and KV buckets of ``namespace`` (all its data)."""
     names = _Names.of(namespace)
-    for stream in (names.stream, f"KV_{names.snapshots}", f"KV_{names.checkpoints}"):
-        try:
-            await connection.api(f"$JS.API.STREAM.DELETE.{stream}")
-        except JetStreamApiError as exc:
-            if exc.err_code != _STREAM_NOT_FOUND:
-                raise
+    for stream in (names.stream, kv_stream(names.snapshots), kv_stream(names.checkpoints)):
+        await connection.delete_stream(stream)
 
 
 @unwrap_lone_errors
