@@ -1,19 +1,7 @@
 """Event, snapshot and checkpoint stores on NATS JetStream.
 
-Layout, for a ``namespace`` such as ``eskit``:
-
-* One stream ``<namespace>_events`` (file storage, ``allow_atomic``, ``allow_direct``,
-  ``deny_delete``, ``deny_purge``) holds every event. Each event stream is one subject
-  ``<namespace>.ev.<token>``, where the token is the stream id's UTF-8 bytes in base64url
-  without padding: always a valid single subject token, so ``a.*`` never matches
-  ``a.b``. The message body (MessagePack) keeps the stream id verbatim, the version, the
-  event id, type, schema version, metadata, data and ``recorded_at``; the event's global
-  position is the message's stream sequence.
-* Idempotency keys live in the same stream on ``<namespace>.key.<sha256 of the key>``,
-  so that a key is written in the *same atomic batch* as the events it stands for.
-* Snapshots and checkpoints are KV buckets ``<namespace>_snapshots`` and
-  ``<namespace>_checkpoints`` (one value per key, revision compare-and-set; see
-  :mod:`engine.stores.nats_kv`).
+The layout (the stream, its subjects and message bodies, the KV buckets) is described
+and built in :mod:`engine.stores.nats_layout`.
 
 An append is one JetStream publish (one event) or one atomic batch (ADR-50; several
 events, or any events with an idempotency key). The first event carries
@@ -39,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
-import msgspec
 import trio
 
 from engine.codec import Codec
@@ -56,9 +43,7 @@ from engine.drivers.nats_vocabulary import (
     MSG_ID,
     TOO_MANY_BATCHES_IN_FLIGHT,
     WRONG_LAST_SEQUENCE,
-    check_namespace,
     digest_token,
-    kv_stream,
 )
 from engine.drivers.nats_vocabulary import subject_token as stream_subject_token
 from engine.errors import (
@@ -80,7 +65,20 @@ from engine.stores.nats_kv import (
     KV_RETRIES,
     NatsCheckpointStore,
     NatsSnapshotStore,
-    kv_bucket_config,
+)
+from engine.stores.nats_layout import (
+    DEFAULT_DUPLICATE_WINDOW,
+    DEFAULT_NAMESPACE,
+    EPOCH,
+    MICROSECOND,
+    EventBody,
+    KeyBody,
+    Names,
+    body_decoder,
+    body_encoder,
+    decode_body_event,
+    delete_nats_store,
+    ensure_nats_store,
 )
 
 __all__ = [
@@ -99,8 +97,6 @@ __all__ = [
 E = TypeVar("E")
 S = TypeVar("S")
 
-#: The namespace used when none is given.
-DEFAULT_NAMESPACE = "eskit"
 #: The most events one append can write atomically (the server's batch limit is 1000
 #: messages, and a keyed append needs one more for its key).
 MAX_ATOMIC_EVENTS = 999
@@ -112,35 +108,9 @@ LOAD_PAGE = 1000
 SEEK_AFTER_VERSION = 256
 #: Probes a seek may take before it settles for a longer scan.
 MAX_SEEK_PROBES = 64
-#: Seconds JetStream remembers event ids (``Nats-Msg-Id``), its own default.
-DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
 #: refused because the server has too many batches in flight.
 MAX_RETRIES = KV_RETRIES
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-
-class _EventBody(msgspec.Struct, array_like=True, tag_field="kind", tag=1):
-    stream_id: str
-    version: int
-    event_id: bytes
-    type: str
-    schema: int
-    recorded_at: int  # microseconds since the Unix epoch, UTC
-    metadata: bytes
-    data: bytes
-
-
-class _KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
-    key: str
-    stream_id: str
-    count: int
-
-
-_encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(_EventBody | _KeyBody)
 
 
 @attrs.frozen
@@ -153,28 +123,6 @@ class _Head:
 
 
 _NO_HEAD = _Head(0, 0)
-
-
-@attrs.frozen
-class _Names:
-    namespace: str
-    stream: str
-    events: str  # subject prefix, token appended
-    keys: str
-    snapshots: str  # KV bucket names
-    checkpoints: str
-
-    @classmethod
-    def of(cls, namespace: str) -> _Names:
-        check_namespace(namespace)
-        return cls(
-            namespace=namespace,
-            stream=f"{namespace}_events",
-            events=f"{namespace}.ev.",
-            keys=f"{namespace}.key.",
-            snapshots=f"{namespace}_snapshots",
-            checkpoints=f"{namespace}_checkpoints",
-        )
 
 
 def _translate_api_error(exc: JetStreamApiError) -> Exception:
@@ -194,7 +142,7 @@ class NatsStore(Generic[E]):
 
     _connection: NatsConnection
     codec: Codec[E]
-    _names: _Names
+    _names: Names
     _checkpoints: NatsCheckpointStore
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     now: Callable[[], dt.datetime] = utc_now
@@ -316,10 +264,10 @@ class NatsStore(Generic[E]):
     ) -> list[Event[E]]:
         subject = self._names.events + stream_subject_token(stream_id)
         recorded_at = self.now()
-        micros = (recorded_at - _EPOCH) // _MICROSECOND
+        micros = (recorded_at - EPOCH) // MICROSECOND
         messages: list[OutMsg] = []
         if key is not None:
-            body = _encoder.encode(_KeyBody(key, stream_id, len(encoded)))
+            body = body_encoder.encode(KeyBody(key, stream_id, len(encoded)))
             messages.append(
                 OutMsg(
                     self._names.keys + digest_token(key),
@@ -331,8 +279,8 @@ class NatsStore(Generic[E]):
             headers = {MSG_ID: str(event.event_id)}
             if offset == 0:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(head.sequence)
-            body = _encoder.encode(
-                _EventBody(
+            body = body_encoder.encode(
+                EventBody(
                     stream_id,
                     head.version + offset + 1,
                     event.event_id.bytes,
@@ -385,12 +333,12 @@ class NatsStore(Generic[E]):
         self, stream_id: str, event: EncodedNewEvent, sequence: int
     ) -> list[Event[E]]:
         message = await self._connection.direct_get(self._names.stream, sequence)
-        body = None if message is None else _body_decoder.decode(message.data)
-        if not isinstance(body, _EventBody) or body.event_id != event.event_id.bytes:
+        body = None if message is None else body_decoder.decode(message.data)
+        if not isinstance(body, EventBody) or body.event_id != event.event_id.bytes:
             raise RuntimeError(f"JetStream reported a duplicate at {sequence}, but it is not")
         if body.stream_id != stream_id:
             raise IdempotencyConflictError(f"event id {event.event_id}", stream_id, body.stream_id)
-        return [self._decode(body, sequence)]
+        return [decode_body_event(self.codec, body, sequence)]
 
     def _event(
         self,
@@ -415,25 +363,25 @@ class NatsStore(Generic[E]):
 
     # -- idempotency keys --------------------------------------------------------------
 
-    async def _find_key(self, key: str) -> tuple[_KeyBody, int] | None:
+    async def _find_key(self, key: str) -> tuple[KeyBody, int] | None:
         message = await self._connection.direct_get_last(
             self._names.stream, self._names.keys + digest_token(key)
         )
         if message is None:
             return None
-        body = _body_decoder.decode(message.data)
-        if not isinstance(body, _KeyBody) or body.key != key:
+        body = body_decoder.decode(message.data)
+        if not isinstance(body, KeyBody) or body.key != key:
             raise RuntimeError(f"idempotency key record {message.sequence} does not match {key!r}")
         return body, message.sequence
 
     async def _replay_key(
-        self, key: str, stream_id: str, body: _KeyBody, sequence: int
+        self, key: str, stream_id: str, body: KeyBody, sequence: int
     ) -> list[Event[E]]:
         if body.stream_id != stream_id:
             raise IdempotencyConflictError(key, stream_id, body.stream_id)
         return await self._events_after_key(body, sequence)
 
-    async def _events_after_key(self, body: _KeyBody, sequence: int) -> list[Event[E]]:
+    async def _events_after_key(self, body: KeyBody, sequence: int) -> list[Event[E]]:
         if body.count == 0:
             return []
         # The key was the first message of its batch; its events follow it directly.
@@ -476,11 +424,11 @@ class NatsStore(Generic[E]):
             )
             assert batch.headers is not None
             for data, headers in zip(batch.data, batch.headers, strict=True):
-                body = _body_decoder.decode(data)
-                if not isinstance(body, _EventBody):
+                body = body_decoder.decode(data)
+                if not isinstance(body, EventBody):
                     continue
                 if body.version > after_version:
-                    out.append(self._decode(body, int(headers["Nats-Sequence"])))
+                    out.append(decode_body_event(self.codec, body, int(headers["Nats-Sequence"])))
                 else:
                     to_skip -= 1
             if not batch.data or batch.num_pending == 0:
@@ -516,8 +464,8 @@ class NatsStore(Generic[E]):
             found = await self._connection.direct_get_last_before(
                 self._names.stream, subject, guess
             )
-            body = None if found is None else _body_decoder.decode(found.data)
-            found_version = body.version if isinstance(body, _EventBody) else 0
+            body = None if found is None else body_decoder.decode(found.data)
+            found_version = body.version if isinstance(body, EventBody) else 0
             if found is None or found_version < version:
                 low, low_version = guess, found_version
             else:
@@ -535,8 +483,8 @@ class NatsStore(Generic[E]):
         )
         if message is None:
             return _NO_HEAD
-        body = _body_decoder.decode(message.data)
-        if not isinstance(body, _EventBody):
+        body = body_decoder.decode(message.data)
+        if not isinstance(body, EventBody):
             raise RuntimeError(f"message {message.sequence} on an event subject is not an event")
         head = _Head(body.version, message.sequence, uuid.UUID(bytes=body.event_id))
         self._remember(stream_id, head)
@@ -591,9 +539,9 @@ class NatsStore(Generic[E]):
             sequences = [int(headers["Nats-Sequence"]) for headers in batch.headers]
         events = []
         for data, sequence in zip(batch.data, sequences, strict=True):
-            body = _body_decoder.decode(data)
-            if isinstance(body, _EventBody):
-                events.append(self._decode(body, sequence))
+            body = body_decoder.decode(data)
+            if isinstance(body, EventBody):
+                events.append(decode_body_event(self.codec, body, sequence))
         return events, batch.last_sequence
 
     async def head_position(self) -> int:
@@ -602,20 +550,6 @@ class NatsStore(Generic[E]):
             self._names.stream, self._names.events + "*"
         )
         return 0 if message is None else message.sequence
-
-    def _decode(self, body: _EventBody, position: int) -> Event[E]:
-        return decode_event(
-            self.codec,
-            stream_id=body.stream_id,
-            version=body.version,
-            position=position,
-            type_name=body.type,
-            schema_version=body.schema,
-            data=body.data,
-            metadata=body.metadata,
-            event_id=uuid.UUID(bytes=body.event_id),
-            recorded_at=_EPOCH + body.recorded_at * _MICROSECOND,
-        )
 
     # -- snapshots and checkpoints --------------------------------------------------------
 
@@ -634,43 +568,6 @@ class NatsStore(Generic[E]):
             CheckpointConflictError: Another writer saved since ``expected`` was read.
         """
         await self._checkpoints.save_checkpoint(name, position, expected=expected)
-
-
-def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) -> dict[str, Any]:
-    return {
-        "name": names.stream,
-        "subjects": [names.events + "*", names.keys + "*"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "allow_atomic": True,
-        "allow_direct": True,
-        "duplicate_window": int(duplicate_window * 1e9),
-        # An event log is append-only: nothing may be removed from the middle.
-        "deny_delete": True,
-        "deny_purge": True,
-    }
-
-
-async def ensure_nats_store(
-    connection: NatsConnection,
-    namespace: str = DEFAULT_NAMESPACE,
-    *,
-    replicas: int = 1,
-    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
-) -> None:
-    """Create (or update) the event stream and the two KV buckets of ``namespace``."""
-    names = _Names.of(namespace)
-    await connection.ensure_stream(_event_stream_config(names, replicas, duplicate_window))
-    await connection.ensure_stream(kv_bucket_config(names.snapshots, replicas))
-    await connection.ensure_stream(kv_bucket_config(names.checkpoints, replicas))
-
-
-async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
-    """Delete the event stream and KV buckets of ``namespace`` (all its data)."""
-    names = _Names.of(namespace)
-    for stream in (names.stream, kv_stream(names.snapshots), kv_stream(names.checkpoints)):
-        await connection.delete_stream(stream)
 
 
 @unwrap_lone_errors
@@ -706,7 +603,7 @@ async def open_nats_store(
         ValueError: The namespace is not a valid name, or ``max_event_bytes`` does not
             fit the server's ``max_payload``.
     """
-    names = _Names.of(namespace)
+    names = Names.of(namespace)
     async with contextlib.AsyncExitStack() as stack:
         if isinstance(url_or_connection, str):
             connection = await stack.enter_async_context(
