@@ -81,6 +81,7 @@ from engine.stores.pg_support import (
     fetch_one,
     take_fifo_group,
     translate,
+    translate_opening,
 )
 
 __all__ = [
@@ -295,7 +296,7 @@ class PostgresDcbStore(Generic[E]):
         Raises:
             AppendConditionError: The condition failed; nothing was written.
             DuplicateEventIdError: Some but not all event ids are stored already.
-            trio.BrokenResourceError: The connection was lost; the append may or may not
+            OutcomeUnknownError: The connection was lost; the append may or may not
                 have been stored (retry it with the same event ids).
             trio.ClosedResourceError: The store is closed.
         """
@@ -405,7 +406,7 @@ async def open_postgres_dcb_store(
         now: Wall clock for ``recorded_at``.
 
     Raises:
-        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        BackendUnavailableError: The server cannot be reached or refused the login.
         EskitError: The DCB tables were migrated by a newer eskit, or a database error.
 
     Resource handling:
@@ -421,7 +422,7 @@ async def open_postgres_dcb_store(
             )
             await pool.run(partial(migrate, queries))
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_opening(exc, closed="the PostgreSQL DCB store is closed") from exc
         async with trio.open_nursery() as nursery:
             send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
             # The group is taken in order: a later append's condition sees the earlier ones.

@@ -426,7 +426,7 @@ async def open_sqlite_dcb_store(
         :func:`engine.drivers.sqlite.open_sqlite`).
 
     Error handling:
-        :class:`trio.BrokenResourceError` if SQLite fails (not a database, disk full).
+        :class:`~engine.errors.BackendRefusedError` if SQLite fails (not a database, disk full).
     """
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0, got {poll_interval}")

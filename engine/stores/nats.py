@@ -126,7 +126,10 @@ _NO_HEAD = _Head(0, 0)
 
 
 def _translate_api_error(exc: JetStreamApiError) -> Exception:
-    """The one place JetStream API errors that are not handled in place become engine errors."""
+    """The one place JetStream API errors that are not handled in place become engine errors.
+
+    Any other stays what it is: a :class:`~engine.errors.BackendRefusedError`.
+    """
     if exc.err_code == BATCH_TOO_LARGE:
         return ValueError(f"the append is larger than the server's atomic batch limit: {exc}")
     return exc
@@ -174,9 +177,11 @@ class NatsStore(Generic[E]):
             IdempotencyConflictError: The key (or, within JetStream's duplicate
                 window, an event id) was used for another stream.
             ValueError: More than :data:`MAX_ATOMIC_EVENTS` events.
-            TimeoutError, ConnectionError: NATS did not answer; the append may or may
-                not have been stored (retrying with the same events is safe: a stored
-                event id is recognised).
+            OutcomeUnknownError: NATS did not answer, or the connection was lost; the
+                append may or may not have been stored (retrying with the same events
+                is safe: a stored event id is recognised).
+            BackendUnavailableError: NATS cannot be reached (nothing was stored).
+            BackendRefusedError: JetStream refused the append (nothing was stored).
         """
         encoded = encode_batch(self.codec, stream_id, events, max_event_bytes=self.max_event_bytes)
         if len(encoded) > MAX_ATOMIC_EVENTS:

@@ -31,7 +31,13 @@ from psycopg import sql
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from engine.drivers.postgres import PgConnection, PgPool, run_pg_listener
-from engine.errors import EskitError
+from engine.errors import (
+    BackendRefusedError,
+    BackendUnavailableError,
+    EskitError,
+    OutcomeUnknownError,
+    StorageFullError,
+)
 
 __all__ = [
     "GroupRequest",
@@ -70,8 +76,19 @@ def connection_lost(exc: BaseException) -> bool:
     return state is None or state.startswith(("08", "57P"))
 
 
+#: SQLSTATE ``disk_full``.
+_DISK_FULL = "53100"
+
+
 def translate(exc: BaseException, *, closed: str, retry_hint: str) -> BaseException:
     """Turn a psycopg error into an engine error (others are returned unchanged).
+
+    The PostgreSQL choke point of the backend error policy (docs/runtime.md): a closed
+    pool is ``trio.ClosedResourceError``; no connection in time
+    :class:`~engine.errors.BackendUnavailableError`; a connection lost or refused while
+    a call was in flight :class:`~engine.errors.OutcomeUnknownError`; a full disk
+    :class:`~engine.errors.StorageFullError`; any other database error
+    :class:`~engine.errors.BackendRefusedError`.
 
     Args:
         exc: The exception caught around a driver call.
@@ -80,14 +97,29 @@ def translate(exc: BaseException, *, closed: str, retry_hint: str) -> BaseExcept
     """
     if isinstance(exc, PoolClosed):
         return trio.ClosedResourceError(closed)
-    if connection_lost(exc):
-        return trio.BrokenResourceError(
-            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
-            f"or may not have been stored: {retry_hint}"
+    if isinstance(exc, PoolTimeout):
+        return BackendUnavailableError(
+            "postgres", f"no PostgreSQL connection in time ({exc}); nothing was sent"
         )
+    if connection_lost(exc):
+        return OutcomeUnknownError(
+            "postgres",
+            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
+            f"or may not have been stored: {retry_hint}",
+        )
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == _DISK_FULL:
+        return StorageFullError(f"PostgreSQL has no room left: {exc}")
     if isinstance(exc, psycopg.Error):
-        return EskitError(f"PostgreSQL error: {exc}")
+        return BackendRefusedError("postgres", f"PostgreSQL error: {exc}")
     return exc
+
+
+def translate_opening(exc: BaseException, *, closed: str) -> BaseException:
+    """:func:`translate` for errors while a store opens: nothing was applied yet, so a
+    server that cannot be reached is :class:`~engine.errors.BackendUnavailableError`."""
+    if connection_lost(exc) and not isinstance(exc, PoolClosed):
+        return BackendUnavailableError("postgres", f"cannot reach PostgreSQL: {exc}")
+    return translate(exc, closed=closed, retry_hint="open the store again")
 
 
 # -- SQL composition and blocking units -------------------------------------------------

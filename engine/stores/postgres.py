@@ -61,7 +61,13 @@ from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_st
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import decode_event, encode_batch
-from engine.stores.pg_support import GroupRequest, GroupWriter, HeadTracker, translate
+from engine.stores.pg_support import (
+    GroupRequest,
+    GroupWriter,
+    HeadTracker,
+    translate,
+    translate_opening,
+)
 from engine.stores.postgres_sql import (
     STATUS_CONFLICT,
     STATUS_KEY_CONFLICT,
@@ -192,7 +198,7 @@ class PostgresStore(Generic[E]):
         Raises:
             ConcurrencyError: The expected version does not match.
             IdempotencyConflictError: The key was used for another stream.
-            trio.BrokenResourceError: The connection was lost; the append may or may not
+            OutcomeUnknownError: The connection was lost; the append may or may not
                 have been stored.
             trio.ClosedResourceError: The store is closed.
         """
@@ -453,7 +459,7 @@ async def open_postgres_store(
         now: Wall clock for ``recorded_at``.
 
     Raises:
-        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        BackendUnavailableError: The server cannot be reached or refused the login.
         EskitError: The schema was migrated by a newer eskit, or a database error.
 
     Resource handling:
@@ -474,7 +480,7 @@ async def open_postgres_store(
                     open_pg_pool(read_dsn, min_size=1, max_size=read_pool_size, name=name)
                 )
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_opening(exc, closed="the PostgreSQL store is closed") from exc
         async with trio.open_nursery() as nursery:
             send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
             writer = GroupWriter(
