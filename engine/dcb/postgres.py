@@ -30,9 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import psycopg
@@ -40,7 +40,6 @@ import trio
 
 from engine.codec import Codec
 from engine.dcb.base import (
-    DEFAULT_FOLLOW_BATCH,
     AppendCondition,
     AppendConditionError,
     DcbEvent,
@@ -50,7 +49,7 @@ from engine.dcb.base import (
     SequencedEvent,
 )
 from engine.dcb.encoding import EncodedDcbEvent, decode_event, encode_events
-from engine.dcb.follow import follow
+from engine.dcb.follow import Following
 from engine.dcb.postgres_schema import (
     PROBE_LIMIT,
     STATUS_CONFLICT,
@@ -67,7 +66,6 @@ from engine.drivers.postgres import (
     DEFAULT_MIN_POOL_SIZE,
     PgConnection,
     PgPool,
-    open_pg_pool,
 )
 from engine.errors import EskitError
 from engine.events import utc_now
@@ -77,11 +75,12 @@ from engine.stores.pg_support import (
     GroupRequest,
     GroupWriter,
     HeadTracker,
-    connection_lost,
     fetch_one,
+    open_group_commit,
+    open_migrated_pool,
     take_fifo_group,
     translate,
-    translate_opening,
+    write_each_on_failure,
 )
 
 __all__ = [
@@ -220,20 +219,9 @@ def _call_append(q: DcbQueries, conn: PgConnection, group: Sequence[_AppendArgs]
 def _write_group(
     q: DcbQueries, group: Sequence[_AppendArgs], conn: PgConnection
 ) -> list[_Row | BaseException]:
-    """One group commit (runs in a worker thread). A group that fails as a whole for a
-    reason other than a lost connection is retried one append at a time, so that each
-    append gets its own result."""
-    try:
-        return list(_call_append(q, conn, group))
-    except psycopg.Error as exc:
-        if connection_lost(exc):
-            raise
-        if len(group) == 1:
-            return [exc]
-    results: list[_Row | BaseException] = []
-    for request in group:
-        results.extend(_write_group(q, [request], conn))
-    return results
+    """One group commit (runs in a worker thread; see
+    :func:`~engine.stores.pg_support.write_each_on_failure`)."""
+    return write_each_on_failure(partial(_call_append, q, conn), group)
 
 
 def _stored_ids(q: DcbQueries, ids: list[uuid.UUID], conn: PgConnection) -> list[uuid.UUID]:
@@ -243,7 +231,7 @@ def _stored_ids(q: DcbQueries, ids: list[uuid.UUID], conn: PgConnection) -> list
 
 
 @attrs.define(eq=False)
-class PostgresDcbStore(Generic[E]):
+class PostgresDcbStore(Following[E]):
     """A :class:`~engine.dcb.base.DcbStore` on PostgreSQL.
 
     Open it with :func:`open_postgres_dcb_store`; never construct it directly.
@@ -339,16 +327,6 @@ class PostgresDcbStore(Generic[E]):
         """
         await self._head.wait_above(after, self.head)
 
-    def subscribe(
-        self,
-        query: Query | None = None,
-        *,
-        after: int = 0,
-        batch_size: int = DEFAULT_FOLLOW_BATCH,
-    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[SequencedEvent[E]]]:
-        """Follow the log (see :meth:`DcbStore.subscribe <engine.dcb.base.DcbStore.subscribe>`)."""
-        return follow(self, query, after=after, batch_size=batch_size)
-
     def statistics(self) -> PostgresDcbStoreStatistics:
         """Counters of the group-commit writer."""
         writer = self._writer
@@ -416,45 +394,38 @@ async def open_postgres_dcb_store(
     """
     queries = DcbQueries.for_schema(schema)
     async with AsyncExitStack() as stack:
-        try:
-            pool = await stack.enter_async_context(
-                open_pg_pool(dsn, min_size=min_pool_size, max_size=max_pool_size, name=name)
-            )
-            await pool.run(partial(migrate, queries))
-        except psycopg.Error as exc:
-            raise translate_opening(exc, closed="the PostgreSQL DCB store is closed") from exc
-        async with trio.open_nursery() as nursery:
-            send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
+        pool = await open_migrated_pool(
+            stack,
+            dsn,
+            partial(migrate, queries),
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            name=name,
+            closed="the PostgreSQL DCB store is closed",
+        )
+        async with open_group_commit(
+            pool,
             # The group is taken in order: a later append's condition sees the earlier ones.
-            take = partial(
-                take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES
-            )
-            writer = GroupWriter(
-                pool,
-                take,
-                partial(_write_group, queries),
-                MAX_GROUP_REQUESTS,
-                # Appenders still waiting when the store closes get ClosedResourceError
-                # instead of waiting forever, as the event store's do.
-                closed_message=(
-                    "the PostgreSQL DCB store closed before this append finished; "
-                    "it may or may not have been stored"
-                ),
-            )
-            head = HeadTracker(nursery, dsn, queries.channel, "eskit-listen", _translate)
-            store: PostgresDcbStore[E] = PostgresDcbStore(
+            partial(take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES),
+            partial(_write_group, queries),
+            max_requests=MAX_GROUP_REQUESTS,
+            buffer=REQUEST_BUFFER,
+            closed_message=(
+                "the PostgreSQL DCB store closed before this append finished; "
+                "it may or may not have been stored"
+            ),
+            dsn=dsn,
+            channel=queries.channel,
+            listen_name="eskit-listen",
+            translate=_translate,
+        ) as commit:
+            yield PostgresDcbStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
                 now=now,
                 pool=pool,
                 queries=queries,
-                requests=send,
-                head=head,
-                writer=writer,
+                requests=commit.requests,
+                head=commit.head,
+                writer=commit.writer,
             )
-            nursery.start_soon(writer.run, receive)
-            try:
-                yield store
-            finally:
-                send.close()
-                nursery.cancel_scope.cancel()

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "BATCH_COMMIT",
@@ -37,6 +37,7 @@ __all__ = [
     "check_namespace",
     "digest_token",
     "is_kv_tombstone",
+    "kv_bucket_config",
     "kv_stream",
     "subject_token",
 ]
@@ -88,6 +89,34 @@ def check_namespace(namespace: str) -> str:
 def kv_stream(bucket: str) -> str:
     """The JetStream stream behind the KV bucket ``bucket`` (as nats-py and ``nats kv`` name it)."""
     return f"KV_{bucket}"
+
+
+def kv_bucket_config(
+    bucket: str, replicas: int, *, per_message_ttl: bool = False
+) -> dict[str, Any]:
+    """The stream settings of a KV bucket: one value per key, on file storage.
+
+    Laid out as nats-py, the Go client and ``nats kv`` lay a bucket out, so ``nats kv``
+    can show it. Values are never deleted from the middle (``deny_delete``), except in
+    a bucket with ``per_message_ttl`` (the lock bucket), where each lease carries its
+    own ``Nats-TTL`` and the server removes it when that runs out.
+    """
+    config: dict[str, Any] = {
+        "name": kv_stream(bucket),
+        "subjects": [f"$KV.{bucket}.>"],
+        "storage": "file",
+        "retention": "limits",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "new",
+        "allow_direct": True,
+        "allow_rollup_hdrs": True,
+    }
+    if per_message_ttl:
+        config["allow_msg_ttl"] = True
+    else:
+        config["deny_delete"] = True
+    return config
 
 
 def is_kv_tombstone(headers: Mapping[str, str] | None) -> bool:

@@ -60,6 +60,7 @@ from engine.drivers.nats_vocabulary import (
     WRONG_LAST_SEQUENCE,
     check_namespace,
     is_kv_tombstone,
+    kv_bucket_config,
     kv_stream,
 )
 from engine.drivers.nats_vocabulary import bounded_subject_token as lock_subject_token
@@ -135,22 +136,6 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
-    """The stream configuration of a lock bucket (a KV bucket with per-message TTL)."""
-    return {
-        "name": kv_stream(bucket),
-        "subjects": [f"$KV.{bucket}.>"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "allow_msg_ttl": True,
-    }
-
-
 def _bucket(namespace: str) -> str:
     return f"{check_namespace(namespace)}_locks"
 
@@ -159,7 +144,9 @@ async def ensure_nats_lock_bucket(
     connection: NatsConnection, namespace: str = DEFAULT_LOCK_NAMESPACE, *, replicas: int = 1
 ) -> None:
     """Create the lock bucket of ``namespace`` (or update it to allow per-key TTLs)."""
-    await connection.ensure_stream(bucket_config(_bucket(namespace), replicas))
+    await connection.ensure_stream(
+        kv_bucket_config(_bucket(namespace), replicas, per_message_ttl=True)
+    )
 
 
 async def delete_nats_lock_bucket(connection: NatsConnection, namespace: str) -> None:

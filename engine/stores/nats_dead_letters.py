@@ -47,6 +47,7 @@ from engine.drivers.nats_vocabulary import (
     bounded_subject_token,
     check_namespace,
     is_kv_tombstone,
+    kv_bucket_config,
     kv_stream,
 )
 from engine.errors import BackendRefusedError
@@ -57,7 +58,6 @@ from engine.stores.dead_letter_encoding import (
     letter_to_json,
     storable_letter,
 )
-from engine.stores.nats_kv import kv_bucket_config
 
 __all__ = [
     "MAX_TOKEN_LENGTH",

@@ -36,29 +36,12 @@ __all__ = [
     "KV_RETRIES",
     "NatsCheckpointStore",
     "NatsSnapshotStore",
-    "kv_bucket_config",
 ]
 
 S = TypeVar("S")
 
 #: Compare-and-set attempts before a writer that keeps losing races gives up.
 KV_RETRIES = 64
-
-
-def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
-    """The stream configuration of a one-value-per-key KV bucket on file storage."""
-    return {
-        "name": kv_stream(bucket),
-        "subjects": [f"$KV.{bucket}.>"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
-    }
 
 
 def _kv_subject(bucket: str, key: str) -> str:

@@ -29,10 +29,9 @@ import msgspec
 
 from engine.codec import Codec
 from engine.drivers.nats import NatsConnection
-from engine.drivers.nats_vocabulary import check_namespace, kv_stream
+from engine.drivers.nats_vocabulary import check_namespace, kv_bucket_config, kv_stream
 from engine.events import Event
 from engine.stores.encoding import decode_event
-from engine.stores.nats_kv import kv_bucket_config
 
 __all__ = [
     "DEFAULT_DUPLICATE_WINDOW",

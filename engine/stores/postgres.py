@@ -49,7 +49,6 @@ from engine.drivers.postgres import (
     DEFAULT_MIN_POOL_SIZE,
     PgConnection,
     PgPool,
-    open_pg_pool,
 )
 from engine.errors import (
     CheckpointConflictError,
@@ -65,8 +64,9 @@ from engine.stores.pg_support import (
     GroupRequest,
     GroupWriter,
     HeadTracker,
+    open_group_commit,
+    open_migrated_pool,
     translate,
-    translate_opening,
 )
 from engine.stores.postgres_sql import (
     STATUS_CONFLICT,
@@ -130,6 +130,25 @@ class PostgresStoreStatistics:
     groups: int
     appends: int
     largest_group: int
+
+
+def _raise_refusal(
+    status: int,
+    args: AppendArgs,
+    expected_version: int | ExpectedVersion,
+    version: int,
+    other: str | None,
+) -> None:
+    """Raise the engine error of an append the server function refused (a version or
+    key conflict, or a status it should never return); return for a write or a replay."""
+    if status == STATUS_CONFLICT:
+        raise ConcurrencyError(args.stream_id, expected_version, version)
+    if status == STATUS_KEY_CONFLICT:
+        assert args.key is not None
+        assert other is not None
+        raise IdempotencyConflictError(args.key, args.stream_id, other)
+    if status not in (STATUS_OK, STATUS_REPLAY):
+        raise EskitError(f"append_events returned an unknown status {status}")
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -216,22 +235,15 @@ class PostgresStore(Generic[E]):
             raise result
         assert result is not None
         status, version, other, positions = result
+        _raise_refusal(status, args, expected_version, version, other)
         if status == STATUS_OK:
             stored = _decode_appended(self.codec, request.args, version, positions or [])
             if stored:
                 self._head.advance(stored[-1].position)
             return stored
-        if status == STATUS_CONFLICT:
-            raise ConcurrencyError(stream_id, expected_version, version)
-        if status == STATUS_KEY_CONFLICT:
-            assert idempotency_key is not None
-            assert other is not None
-            raise IdempotencyConflictError(idempotency_key, stream_id, other)
-        if status == STATUS_REPLAY:
-            assert idempotency_key is not None
-            replayed = await self.find_idempotent(idempotency_key)
-            return replayed or []
-        raise EskitError(f"append_events returned an unknown status {status}")
+        assert idempotency_key is not None  # a replay
+        replayed = await self.find_idempotent(idempotency_key)
+        return replayed or []
 
     async def load(
         self, stream_id: str, *, after_version: int = 0, limit: int | None = None
@@ -416,15 +428,10 @@ def append_in_transaction(
     args = AppendArgs(stream_id, expected_code(expected_version), idempotency_key, encoded, now())
     q = Queries.for_schema(schema)
     ((status, version, other, positions),) = call_append(q, conn, [args])
+    _raise_refusal(status, args, expected_version, version, other)
     if status == STATUS_OK:
         return _decode_appended(codec, args, version, positions or [])
-    if status == STATUS_CONFLICT:
-        raise ConcurrencyError(stream_id, expected_version, version)
-    if status == STATUS_KEY_CONFLICT:
-        assert idempotency_key is not None
-        assert other is not None
-        raise IdempotencyConflictError(idempotency_key, stream_id, other)
-    assert idempotency_key is not None
+    assert idempotency_key is not None  # a replay
     return fetch_idempotent(codec, q, idempotency_key, conn) or []
 
 
@@ -469,45 +476,44 @@ async def open_postgres_store(
     """
     queries = Queries.for_schema(schema)
     async with AsyncExitStack() as stack:
-        try:
-            pool = await stack.enter_async_context(
-                open_pg_pool(dsn, min_size=min_pool_size, max_size=max_pool_size, name=name)
+        closed = "the PostgreSQL store is closed"
+        pool = await open_migrated_pool(
+            stack,
+            dsn,
+            partial(migrate, queries),
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            name=name,
+            closed=closed,
+        )
+        read_pool = pool
+        if read_dsn is not None:
+            read_pool = await open_migrated_pool(
+                stack, read_dsn, None, min_size=1, max_size=read_pool_size, name=name, closed=closed
             )
-            await pool.run(partial(migrate, queries))
-            read_pool = pool
-            if read_dsn is not None:
-                read_pool = await stack.enter_async_context(
-                    open_pg_pool(read_dsn, min_size=1, max_size=read_pool_size, name=name)
-                )
-        except psycopg.Error as exc:
-            raise translate_opening(exc, closed="the PostgreSQL store is closed") from exc
-        async with trio.open_nursery() as nursery:
-            send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
-            writer = GroupWriter(
-                pool,
-                _take_group,
-                partial(write_group, queries),
-                MAX_GROUP_REQUESTS,
-                closed_message=(
-                    "the PostgreSQL store closed before this append finished; "
-                    "it may or may not have been stored"
-                ),
-            )
-            head = HeadTracker(nursery, dsn, queries.channel, f"{name}-listen", _translate)
-            store = PostgresStore(
+        async with open_group_commit(
+            pool,
+            _take_group,
+            partial(write_group, queries),
+            max_requests=MAX_GROUP_REQUESTS,
+            buffer=REQUEST_BUFFER,
+            closed_message=(
+                "the PostgreSQL store closed before this append finished; "
+                "it may or may not have been stored"
+            ),
+            dsn=dsn,
+            channel=queries.channel,
+            listen_name=f"{name}-listen",
+            translate=_translate,
+        ) as commit:
+            yield PostgresStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
                 now=now,
                 pool=pool,
                 read_pool=read_pool,
                 queries=queries,
-                requests=send,
-                head=head,
-                writer=writer,
+                requests=commit.requests,
+                head=commit.head,
+                writer=commit.writer,
             )
-            nursery.start_soon(writer.run, receive)
-            try:
-                yield store
-            finally:
-                send.close()
-                nursery.cancel_scope.cancel()

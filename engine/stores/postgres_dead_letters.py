@@ -171,7 +171,7 @@ class PostgresDeadLetterStore:
         Raises:
             ValueError: A name holds NUL or an unpaired surrogate, or ``parked_at`` is
                 naive (see :mod:`engine.stores.dead_letter_encoding`).
-            EskitError: A database error.
+            BackendRefusedError: A database error.
             OutcomeUnknownError: The connection was lost (the letter may or may not
                 be stored; parking it again is harmless).
         """
