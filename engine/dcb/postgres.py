@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 
 import attrs
 import psycopg
-import trio
 
 from engine.codec import Codec
 from engine.dcb.base import (
@@ -72,9 +71,8 @@ from engine.events import utc_now
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 from engine.stores.pg_support import (
+    GroupCommit,
     GroupRequest,
-    GroupWriter,
-    HeadTracker,
     fetch_one,
     open_group_commit,
     open_migrated_pool,
@@ -242,9 +240,7 @@ class PostgresDcbStore(Following[E]):
     now: Callable[[], dt.datetime]
     _pool: PgPool
     _queries: DcbQueries
-    _requests: trio.MemorySendChannel[_AppendRequest]
-    _head: HeadTracker
-    _writer: GroupWriter[_AppendArgs, _Row]
+    _commit: GroupCommit[_AppendArgs, _Row]
     _conflicts: int = 0
 
     async def read(
@@ -272,7 +268,7 @@ class PostgresDcbStore(Following[E]):
         events = [self._decode(row) for row in rows if row[1] is not None]
         if limit is not None and len(events) == limit:
             head = events[-1].position
-        self._head.advance(head)
+        self._commit.head.advance(head)
         return ReadResult(events, head)
 
     async def append(
@@ -293,7 +289,7 @@ class PostgresDcbStore(Following[E]):
             _AppendArgs(encoded, condition, self.now()),
             sum(len(e.data) + len(e.metadata) for e in encoded),
         )
-        await self._requests.send(request)
+        await self._commit.requests.send(request)
         result = await request.wait()
         if isinstance(result, BaseException):
             raise _translate(result) from result
@@ -301,7 +297,7 @@ class PostgresDcbStore(Following[E]):
         status, position = result
         if status in (STATUS_OK, STATUS_REPLAY):
             assert position is not None
-            self._head.advance(position)
+            self._commit.head.advance(position)
             return position
         if status == STATUS_CONFLICT:
             self._conflicts += 1
@@ -316,7 +312,7 @@ class PostgresDcbStore(Following[E]):
         """The log's current head position (0 for an empty log)."""
         row = await self._run(partial(fetch_one, self._queries.head, ()))
         head = int(row[0]) if row else 0
-        self._head.advance(head)
+        self._commit.head.advance(head)
         return head
 
     async def wait_for_append(self, after: int) -> None:
@@ -325,11 +321,11 @@ class PostgresDcbStore(Following[E]):
         Wakes on this store's own appends and on the NOTIFY every append transaction
         sends (from any process), over one LISTEN connection opened on first use.
         """
-        await self._head.wait_above(after, self.head)
+        await self._commit.head.wait_above(after, self.head)
 
     def statistics(self) -> PostgresDcbStoreStatistics:
         """Counters of the group-commit writer."""
-        writer = self._writer
+        writer = self._commit.writer
         return PostgresDcbStoreStatistics(
             writer.groups, writer.appends, writer.largest_group, self._conflicts
         )
@@ -425,7 +421,5 @@ async def open_postgres_dcb_store(
                 now=now,
                 pool=pool,
                 queries=queries,
-                requests=commit.requests,
-                head=commit.head,
-                writer=commit.writer,
+                commit=commit,
             )

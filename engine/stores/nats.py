@@ -60,7 +60,7 @@ from engine.events import (
 )
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT
-from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.encoding import EncodedNewEvent, decode_row, encode_batch
 from engine.stores.nats_kv import (
     KV_RETRIES,
     NatsCheckpointStore,
@@ -353,17 +353,17 @@ class NatsStore(Generic[E]):
         event: EncodedNewEvent,
         recorded_at: dt.datetime,
     ) -> Event[E]:
-        return decode_event(
+        return decode_row(
             self.codec,
-            stream_id=stream_id,
-            version=version,
-            position=position,
-            type_name=event.type,
-            schema_version=event.schema_version,
-            data=event.data,
-            metadata=event.metadata,
-            event_id=event.event_id,
-            recorded_at=recorded_at,
+            stream_id,
+            version,
+            position,
+            event.type,
+            event.schema_version,
+            event.data,
+            event.metadata,
+            event.event_id,
+            recorded_at,
         )
 
     # -- idempotency keys --------------------------------------------------------------

@@ -21,7 +21,6 @@ The subject tokens, codes and headers come from :mod:`engine.drivers.nats_vocabu
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any, TypeVar
 
 import attrs
@@ -31,7 +30,7 @@ from engine.codec import Codec
 from engine.drivers.nats import NatsConnection
 from engine.drivers.nats_vocabulary import check_namespace, kv_bucket_config, kv_stream
 from engine.events import Event
-from engine.stores.encoding import decode_event
+from engine.stores.encoding import decode_row
 
 __all__ = [
     "DEFAULT_DUPLICATE_WINDOW",
@@ -88,17 +87,18 @@ body_decoder = msgspec.msgpack.Decoder(EventBody | KeyBody)
 
 def decode_body_event(codec: Codec[E], body: EventBody, position: int) -> Event[E]:
     """The event stored as ``body`` at ``position``."""
-    return decode_event(
+    recorded_at = EPOCH + body.recorded_at * MICROSECOND
+    return decode_row(
         codec,
-        stream_id=body.stream_id,
-        version=body.version,
-        position=position,
-        type_name=body.type,
-        schema_version=body.schema,
-        data=body.data,
-        metadata=body.metadata,
-        event_id=uuid.UUID(bytes=body.event_id),
-        recorded_at=EPOCH + body.recorded_at * MICROSECOND,
+        body.stream_id,
+        body.version,
+        position,
+        body.type,
+        body.schema,
+        body.data,
+        body.metadata,
+        body.event_id,
+        recorded_at,
     )
 
 

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import psycopg
-import trio
 
 from engine.codec import Codec
 from engine.drivers.postgres import (
@@ -61,9 +60,8 @@ from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import decode_event, encode_batch
 from engine.stores.pg_support import (
+    GroupCommit,
     GroupRequest,
-    GroupWriter,
-    HeadTracker,
     open_group_commit,
     open_migrated_pool,
     translate,
@@ -197,9 +195,7 @@ class PostgresStore(Generic[E]):
     _pool: PgPool
     _read_pool: PgPool
     _queries: Queries
-    _requests: trio.MemorySendChannel[_AppendRequest]
-    _head: HeadTracker
-    _writer: GroupWriter[AppendArgs, AppendRow]
+    _commit: GroupCommit[AppendArgs, AppendRow]
 
     # -- EventStore ------------------------------------------------------------------
 
@@ -227,7 +223,7 @@ class PostgresStore(Generic[E]):
             raise TypeError(f"idempotency_key must be a str, got {idempotency_key!r}")
         args = AppendArgs(stream_id, code, idempotency_key, encoded, self.now())
         request = _AppendRequest(args, sum(len(e.data) + len(e.metadata) for e in encoded))
-        await self._requests.send(request)
+        await self._commit.requests.send(request)
         result = await request.wait()
         if isinstance(result, psycopg.Error):
             raise _translate(result) from result
@@ -239,7 +235,7 @@ class PostgresStore(Generic[E]):
         if status == STATUS_OK:
             stored = _decode_appended(self.codec, request.args, version, positions or [])
             if stored:
-                self._head.advance(stored[-1].position)
+                self._commit.head.advance(stored[-1].position)
             return stored
         assert idempotency_key is not None  # a replay
         replayed = await self.find_idempotent(idempotency_key)
@@ -293,7 +289,7 @@ class PostgresStore(Generic[E]):
         first use. Bound the wait with ``trio.move_on_after``; a follower typically
         reads until ``read_all`` comes back empty, then waits here.
         """
-        await self._head.wait_above(after_position, self.head_position)
+        await self._commit.head.wait_above(after_position, self.head_position)
 
     # -- CheckpointStore ---------------------------------------------------------------
 
@@ -333,7 +329,7 @@ class PostgresStore(Generic[E]):
 
     def statistics(self) -> PostgresStoreStatistics:
         """Counters of the group-commit writer."""
-        writer = self._writer
+        writer = self._commit.writer
         return PostgresStoreStatistics(writer.groups, writer.appends, writer.largest_group)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -513,7 +509,5 @@ async def open_postgres_store(
                 pool=pool,
                 read_pool=read_pool,
                 queries=queries,
-                requests=commit.requests,
-                head=commit.head,
-                writer=commit.writer,
+                commit=commit,
             )
