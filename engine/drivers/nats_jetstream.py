@@ -5,6 +5,10 @@ supplies the core NATS request and the bridge to the asyncio loop; this module h
 what JetStream adds on top: the API's error replies (:class:`JetStreamApiError`, an
 :class:`~engine.errors.BackendRefusedError`), publish acknowledgements, atomic batches
 (ADR-50), batched direct gets, and creating or deleting a stream.
+
+A reply saying there is no room (a stream at its ``max_msgs`` / ``max_bytes`` with
+``discard: new``, or the server's storage used up) is raised as
+:class:`~engine.errors.StorageFullError` here, for every adapter alike.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from engine.drivers.nats_vocabulary import (
     BATCH_COMMIT,
     BATCH_ID,
     BATCH_SEQUENCE,
+    STORAGE_RESOURCES_EXCEEDED,
     STREAM_NAME_IN_USE,
     STREAM_NOT_FOUND,
+    STREAM_STORE_FAILED,
 )
-from engine.errors import BackendRefusedError
+from engine.errors import BackendRefusedError, StorageFullError
 
 __all__ = [
     "DIRECT_BATCH_MAX_BYTES",
@@ -372,6 +378,10 @@ class JetStream:
         )
 
 
+#: Error codes that mean "no room": the stream's limits, or the server's storage.
+_STORAGE_FULL = frozenset({STREAM_STORE_FAILED, STORAGE_RESOURCES_EXCEEDED})
+
+
 def _parse_api_reply(data: bytes) -> dict[str, Any]:
     try:
         reply = orjson.loads(data)
@@ -381,9 +391,11 @@ def _parse_api_reply(data: bytes) -> dict[str, Any]:
         raise JetStreamApiError(0, 0, f"unexpected reply {data[:200]!r}")
     error = reply.get("error")
     if error:
-        raise JetStreamApiError(
-            int(error.get("code", 0)), int(error.get("err_code", 0)), str(error.get("description"))
-        )
+        err_code = int(error.get("err_code", 0))
+        description = str(error.get("description"))
+        if err_code in _STORAGE_FULL:
+            raise StorageFullError(f"NATS JetStream could not store the message: {description}")
+        raise JetStreamApiError(int(error.get("code", 0)), err_code, description)
     return reply
 
 

@@ -29,8 +29,10 @@ __all__ = [
     "KV_OPERATION",
     "MAX_TOKEN_LENGTH",
     "MSG_ID",
+    "STORAGE_RESOURCES_EXCEEDED",
     "STREAM_NAME_IN_USE",
     "STREAM_NOT_FOUND",
+    "STREAM_STORE_FAILED",
     "TOO_MANY_BATCHES_IN_FLIGHT",
     "WRONG_LAST_SEQUENCE",
     "bounded_subject_token",
@@ -50,6 +52,11 @@ STREAM_NAME_IN_USE: Final = 10058
 STREAM_NOT_FOUND: Final = 10059
 #: A ``Nats-Expected-Last-*`` check failed (someone wrote first).
 WRONG_LAST_SEQUENCE: Final = 10071
+#: The stream could not store a message: it is at its limits (``max_msgs``,
+#: ``max_bytes`` with ``discard: new``) or its storage failed.
+STREAM_STORE_FAILED: Final = 10077
+#: The server's JetStream storage is used up.
+STORAGE_RESOURCES_EXCEEDED: Final = 10047
 #: An atomic batch has more messages than the server allows.
 BATCH_TOO_LARGE: Final = 10199
 #: An atomic batch holds a message id already stored.
