@@ -33,14 +33,11 @@ from engine.codec import Codec
 from engine.drivers.nats import (
     JetStreamApiError,
     NatsConnection,
-    OutMsg,
     open_nats,
 )
 from engine.drivers.nats_vocabulary import (
     BATCH_DUPLICATE_MSG_ID,
     BATCH_TOO_LARGE,
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MSG_ID,
     TOO_MANY_BATCHES_IN_FLIGHT,
     WRONG_LAST_SEQUENCE,
     digest_token,
@@ -69,13 +66,11 @@ from engine.stores.nats_kv import (
 from engine.stores.nats_layout import (
     DEFAULT_DUPLICATE_WINDOW,
     DEFAULT_NAMESPACE,
-    EPOCH,
-    MICROSECOND,
     EventBody,
     KeyBody,
     Names,
+    append_messages,
     body_decoder,
-    body_encoder,
     decode_body_event,
     delete_nats_store,
     ensure_nats_store,
@@ -267,36 +262,10 @@ class NatsStore(Generic[E]):
     async def _write(
         self, stream_id: str, encoded: list[EncodedNewEvent], head: _Head, key: str | None
     ) -> list[Event[E]]:
-        subject = self._names.events + stream_subject_token(stream_id)
         recorded_at = self.now()
-        micros = (recorded_at - EPOCH) // MICROSECOND
-        messages: list[OutMsg] = []
-        if key is not None:
-            body = body_encoder.encode(KeyBody(key, stream_id, len(encoded)))
-            messages.append(
-                OutMsg(
-                    self._names.keys + digest_token(key),
-                    body,
-                    {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
-                )
-            )
-        for offset, event in enumerate(encoded):
-            headers = {MSG_ID: str(event.event_id)}
-            if offset == 0:
-                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(head.sequence)
-            body = body_encoder.encode(
-                EventBody(
-                    stream_id,
-                    head.version + offset + 1,
-                    event.event_id.bytes,
-                    event.type,
-                    event.schema_version,
-                    micros,
-                    event.metadata,
-                    event.data,
-                )
-            )
-            messages.append(OutMsg(subject, body, headers))
+        messages = append_messages(
+            self._names, stream_id, encoded, head.version, head.sequence, key, recorded_at
+        )
         if len(messages) == 1:
             ack = await self._connection.publish(messages[0])
         else:
@@ -312,7 +281,18 @@ class NatsStore(Generic[E]):
                 _Head(head.version + len(encoded), ack.sequence, encoded[-1].event_id),
             )
         return [
-            self._event(stream_id, head.version + offset + 1, first + offset, event, recorded_at)
+            decode_row(
+                self.codec,
+                stream_id,
+                head.version + offset + 1,
+                first + offset,
+                event.type,
+                event.schema_version,
+                event.data,
+                event.metadata,
+                event.event_id,
+                recorded_at,
+            )
             for offset, event in enumerate(encoded)
         ]
 
@@ -344,27 +324,6 @@ class NatsStore(Generic[E]):
         if body.stream_id != stream_id:
             raise IdempotencyConflictError(f"event id {event.event_id}", stream_id, body.stream_id)
         return [decode_body_event(self.codec, body, sequence)]
-
-    def _event(
-        self,
-        stream_id: str,
-        version: int,
-        position: int,
-        event: EncodedNewEvent,
-        recorded_at: dt.datetime,
-    ) -> Event[E]:
-        return decode_row(
-            self.codec,
-            stream_id,
-            version,
-            position,
-            event.type,
-            event.schema_version,
-            event.data,
-            event.metadata,
-            event.event_id,
-            recorded_at,
-        )
 
     # -- idempotency keys --------------------------------------------------------------
 

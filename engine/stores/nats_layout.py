@@ -21,16 +21,25 @@ The subject tokens, codes and headers come from :mod:`engine.drivers.nats_vocabu
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import attrs
 import msgspec
 
 from engine.codec import Codec
-from engine.drivers.nats import NatsConnection
-from engine.drivers.nats_vocabulary import check_namespace, kv_bucket_config, kv_stream
+from engine.drivers.nats import NatsConnection, OutMsg
+from engine.drivers.nats_vocabulary import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    MSG_ID,
+    check_namespace,
+    digest_token,
+    kv_bucket_config,
+    kv_stream,
+    subject_token,
+)
 from engine.events import Event
-from engine.stores.encoding import decode_row
+from engine.stores.encoding import EncodedNewEvent, decode_row
 
 __all__ = [
     "DEFAULT_DUPLICATE_WINDOW",
@@ -40,6 +49,7 @@ __all__ = [
     "EventBody",
     "KeyBody",
     "Names",
+    "append_messages",
     "body_decoder",
     "body_encoder",
     "decode_body_event",
@@ -83,6 +93,58 @@ class KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
 
 body_encoder = msgspec.msgpack.Encoder()
 body_decoder = msgspec.msgpack.Decoder(EventBody | KeyBody)
+
+
+def append_messages(
+    names: Names,
+    stream_id: str,
+    encoded: Sequence[EncodedNewEvent],
+    version: int,
+    sequence: int,
+    key: str | None,
+    recorded_at: dt.datetime,
+) -> list[OutMsg]:
+    """The messages of one append: its idempotency key's (if any), then one per event.
+
+    The key's message may only be the first on its subject (expected sequence 0); the
+    first event's carries ``sequence``, the stream's last sequence as the store believes
+    it, so the server refuses the append if anyone wrote since; every event carries its
+    id as ``Nats-Msg-Id``.
+
+    Args:
+        names: The store's names.
+        stream_id: The stream appended to.
+        encoded: The events.
+        version: The stream's version before the append.
+        sequence: The stream sequence of the stream's last event (0 for none).
+        key: The idempotency key.
+        recorded_at: When the events are recorded.
+    """
+    micros = (recorded_at - EPOCH) // MICROSECOND
+    messages: list[OutMsg] = []
+    if key is not None:
+        body = body_encoder.encode(KeyBody(key, stream_id, len(encoded)))
+        expect_new = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
+        messages.append(OutMsg(names.keys + digest_token(key), body, expect_new))
+    subject = names.events + subject_token(stream_id)
+    for offset, event in enumerate(encoded):
+        headers = {MSG_ID: str(event.event_id)}
+        if offset == 0:
+            headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(sequence)
+        body = body_encoder.encode(
+            EventBody(
+                stream_id,
+                version + offset + 1,
+                event.event_id.bytes,
+                event.type,
+                event.schema_version,
+                micros,
+                event.metadata,
+                event.data,
+            )
+        )
+        messages.append(OutMsg(subject, body, headers))
+    return messages
 
 
 def decode_body_event(codec: Codec[E], body: EventBody, position: int) -> Event[E]:
