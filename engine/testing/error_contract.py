@@ -28,6 +28,7 @@ import pytest
 import trio
 
 from engine.codec import Codec
+from engine.dcb.base import DcbEvent, DcbStore, Query
 from engine.errors import (
     BackendError,
     BackendRefusedError,
@@ -37,9 +38,14 @@ from engine.errors import (
 from engine.events import NewEvent
 from engine.stores.base import EventStore
 from engine.testing.contract import Note, contract_codec
+from engine.testing.dcb_contract import Alpha, dcb_contract_codec
 
 __all__ = [
     "ConnectionErrorContract",
+    "DcbConnectionErrorContract",
+    "DcbErrorBackend",
+    "DcbErrorContract",
+    "DcbNetworkFaults",
     "ErrorBackend",
     "NetworkFaults",
     "StoreErrorContract",
@@ -163,3 +169,99 @@ class ConnectionErrorContract:
                     pass  # pragma: no cover
         assert type(info.value) is BackendUnavailableError
         assert info.value.backend == network_faults.name
+
+
+# -- DCB stores ---------------------------------------------------------------------------
+
+DcbOpener = Callable[[Codec[Any]], AbstractAsyncContextManager[DcbStore[Any]]]
+
+
+@attrs.frozen
+class DcbErrorBackend:
+    """How :class:`DcbErrorContract` opens a DCB backend and makes it refuse.
+
+    Attributes:
+        name: The backend's name, as :attr:`~engine.errors.BackendError.backend` gives it.
+        open_store: ``open_store(codec)`` opens a DCB store on fresh data.
+        open_refusing: ``open_refusing(codec)`` opens a DCB store and makes the backend
+            refuse its next append (or refuses to open it at all).
+    """
+
+    name: str
+    open_store: DcbOpener
+    open_refusing: DcbOpener
+
+
+@attrs.frozen
+class DcbNetworkFaults:
+    """How :class:`DcbConnectionErrorContract` cuts a networked DCB store's reply.
+
+    Attributes:
+        name: The backend's name.
+        open_cut_store: Like :data:`CutStoreOpener`, for a DCB store.
+    """
+
+    name: str
+    open_cut_store: Callable[
+        [Codec[Any]], AbstractAsyncContextManager[tuple[DcbStore[Any], Callable[[], None]]]
+    ]
+
+
+def _alpha(text: str) -> list[DcbEvent[Any]]:
+    return [DcbEvent(Alpha(text), tags=["t:1"])]
+
+
+_DCB_CALLS: tuple[tuple[str, Callable[[DcbStore[Any]], Awaitable[object]]], ...] = (
+    ("append", lambda store: store.append(_alpha("after close"))),
+    ("read", lambda store: store.read(Query.all())),
+    ("head", lambda store: store.head()),
+)
+
+
+class DcbErrorContract:
+    """Closed and refused, on every durable DCB backend (pytest-trio tests).
+
+    Subclasses provide a ``dcb_error_backend`` fixture returning a :class:`DcbErrorBackend`.
+    """
+
+    @pytest.mark.parametrize("call", [name for name, _ in _DCB_CALLS])
+    async def test_a_closed_dcb_store_raises_closed_resource_error(
+        self, dcb_error_backend: DcbErrorBackend, call: str
+    ) -> None:
+        """Each DCB store call after the store's block exited raises trio.ClosedResourceError."""
+        make_call = dict(_DCB_CALLS)[call]
+        with trio.fail_after(60):
+            async with dcb_error_backend.open_store(dcb_contract_codec()) as store:
+                await store.append(_alpha("before close"))
+            with pytest.raises(trio.ClosedResourceError):
+                await make_call(store)
+
+    async def test_a_refused_dcb_append_raises_backend_refused_error(
+        self, dcb_error_backend: DcbErrorBackend
+    ) -> None:
+        """A DCB append the backend refuses raises BackendRefusedError naming the backend."""
+        with trio.fail_after(60):
+            with pytest.raises(BackendRefusedError) as info:
+                async with dcb_error_backend.open_refusing(dcb_contract_codec()) as store:
+                    await store.append(_alpha("refused"))
+        assert info.value.backend == dcb_error_backend.name
+        assert not isinstance(info.value, BackendUnavailableError)
+
+
+class DcbConnectionErrorContract:
+    """A lost reply on DCB backends behind a network connection.
+
+    Subclasses provide a ``dcb_network_faults`` fixture returning :class:`DcbNetworkFaults`.
+    """
+
+    async def test_a_dcb_reply_lost_in_flight_raises_outcome_unknown_error(
+        self, dcb_network_faults: DcbNetworkFaults
+    ) -> None:
+        """A DCB append whose connection dies before its reply raises OutcomeUnknownError."""
+        with trio.fail_after(60):
+            async with dcb_network_faults.open_cut_store(dcb_contract_codec()) as (store, cut):
+                await store.append(_alpha("first"))
+                cut()
+                with pytest.raises(OutcomeUnknownError) as info:
+                    await store.append(_alpha("lost reply"))
+        assert info.value.backend == dcb_network_faults.name

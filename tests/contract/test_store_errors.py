@@ -17,6 +17,9 @@ import pytest
 import trio
 
 from engine.codec import Codec
+from engine.dcb.base import DcbStore
+from engine.dcb.postgres import open_postgres_dcb_store
+from engine.dcb.sqlite import open_sqlite_dcb_store
 from engine.drivers.nats import open_nats
 from engine.stores.base import EventStore
 from engine.stores.nats import delete_nats_store, open_nats_store
@@ -25,6 +28,10 @@ from engine.stores.postgres import open_postgres_store
 from engine.stores.sqlite import open_sqlite_store
 from engine.testing.error_contract import (
     ConnectionErrorContract,
+    DcbConnectionErrorContract,
+    DcbErrorBackend,
+    DcbErrorContract,
+    DcbNetworkFaults,
     ErrorBackend,
     NetworkFaults,
     StoreErrorContract,
@@ -193,3 +200,73 @@ class TestNatsErrors(StoreErrorContract, ConnectionErrorContract):
         with trio.move_on_after(30, shield=True):
             async with open_nats(nats.url) as connection:
                 await delete_nats_store(connection, nats.namespace)
+
+
+# -- DCB stores ---------------------------------------------------------------------------
+
+
+def sqlite_dcb_errors(path: Path) -> DcbErrorBackend:
+    """SQLite DCB stores: a fresh file, and a file that is not a database."""
+
+    @asynccontextmanager
+    async def open_store(codec: Codec[Any]) -> AsyncIterator[DcbStore[Any]]:
+        async with open_sqlite_dcb_store(path / "dcb.db", codec) as store:
+            yield store
+
+    @asynccontextmanager
+    async def open_refusing(codec: Codec[Any]) -> AsyncIterator[DcbStore[Any]]:
+        junk = path / "junk-dcb.db"
+        junk.write_bytes(b"this is not a database, just text " * 200)
+        async with open_sqlite_dcb_store(junk, codec) as store:
+            yield store
+
+    return DcbErrorBackend("sqlite", open_store, open_refusing)
+
+
+class TestSqliteDcbErrors(DcbErrorContract):
+    @pytest.fixture
+    def dcb_error_backend(self, tmp_path: Path) -> DcbErrorBackend:
+        return sqlite_dcb_errors(tmp_path)
+
+
+def postgres_dcb_errors(pg: PgTarget) -> DcbErrorBackend:
+    """PostgreSQL DCB stores: the test's schema, and one whose tables were dropped."""
+
+    @asynccontextmanager
+    async def open_store(codec: Codec[Any]) -> AsyncIterator[DcbStore[Any]]:
+        async with open_postgres_dcb_store(pg.dsn, codec, schema=pg.schema, **PG_POOL) as store:
+            yield store
+
+    @asynccontextmanager
+    async def open_refusing(codec: Codec[Any]) -> AsyncIterator[DcbStore[Any]]:
+        async with open_store(codec) as store:
+            await trio.to_thread.run_sync(_empty_schema, pg)
+            yield store
+
+    return DcbErrorBackend("postgres", open_store, open_refusing)
+
+
+def postgres_dcb_faults(pg: PgTarget) -> DcbNetworkFaults:
+    """A PostgreSQL DCB store through a cutting proxy."""
+    port = _port(pg.dsn)
+
+    @asynccontextmanager
+    async def open_cut_store(
+        codec: Codec[Any],
+    ) -> AsyncIterator[tuple[DcbStore[Any], Callable[[], None]]]:
+        async with cut_proxy(port) as proxy:
+            dsn = pg.dsn.replace(f":{port}/", f":{proxy.port}/")
+            async with open_postgres_dcb_store(dsn, codec, schema=pg.schema, **PG_POOL) as store:
+                yield store, proxy.arm
+
+    return DcbNetworkFaults("postgres", open_cut_store)
+
+
+class TestPostgresDcbErrors(DcbErrorContract, DcbConnectionErrorContract):
+    @pytest.fixture
+    def dcb_error_backend(self, pg: PgTarget) -> DcbErrorBackend:
+        return postgres_dcb_errors(pg)
+
+    @pytest.fixture
+    def dcb_network_faults(self, pg: PgTarget) -> DcbNetworkFaults:
+        return postgres_dcb_faults(pg)
