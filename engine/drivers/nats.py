@@ -256,7 +256,7 @@ class NatsConnection(JetStream):
 
         Raises:
             NoRespondersError: Nobody subscribes to ``subject`` (nothing was handled).
-            TimeoutError: No reply in time (whether it was handled is unknown).
+            OutcomeUnknownError: No reply in time (whether it was handled is unknown).
         """
         wait = self._timeout
 
@@ -359,7 +359,7 @@ class NatsConnection(JetStream):
         messages that *other* connections publish from now on are delivered to it.
 
         Raises:
-            TimeoutError: No PONG within the request timeout.
+            OutcomeUnknownError: No PONG within the request timeout.
         """
         wait = self._timeout
 

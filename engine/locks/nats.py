@@ -243,7 +243,7 @@ class NATSLockRegistry:
         """See :meth:`LockRegistry.owner <engine.locks.base.LockRegistry.owner>`.
 
         Raises:
-            TimeoutError, ConnectionError: NATS did not answer.
+            OutcomeUnknownError, BackendUnavailableError: NATS did not answer.
             BackendRefusedError: The server refused the request.
         """
         try:
