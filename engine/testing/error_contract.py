@@ -36,6 +36,7 @@ from engine.errors import (
     OutcomeUnknownError,
 )
 from engine.events import NewEvent
+from engine.locks.base import LockRegistry
 from engine.stores.base import EventStore
 from engine.testing.contract import Note, contract_codec
 from engine.testing.dcb_contract import Alpha, dcb_contract_codec
@@ -47,6 +48,8 @@ __all__ = [
     "DcbErrorContract",
     "DcbNetworkFaults",
     "ErrorBackend",
+    "LockConnectionErrorContract",
+    "LockNetworkFaults",
     "NetworkFaults",
     "StoreErrorContract",
 ]
@@ -265,3 +268,39 @@ class DcbConnectionErrorContract:
                 with pytest.raises(OutcomeUnknownError) as info:
                     await store.append(_alpha("lost reply"))
         assert info.value.backend == dcb_network_faults.name
+
+
+# -- lock registries ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LockNetworkFaults:
+    """How :class:`LockConnectionErrorContract` opens a registry on a server out of reach.
+
+    Attributes:
+        name: The backend's name.
+        open_unreachable: ``open_unreachable()`` opens a lock registry on an address
+            nobody listens on (it must raise).
+    """
+
+    name: str
+    open_unreachable: Callable[[], AbstractAsyncContextManager[LockRegistry]]
+
+
+class LockConnectionErrorContract:
+    """A server out of reach, for lock registries behind a network connection.
+
+    Subclasses provide a ``lock_network_faults`` fixture returning :class:`LockNetworkFaults`.
+    """
+
+    async def test_an_unreachable_lock_server_raises_backend_unavailable_error(
+        self, lock_network_faults: LockNetworkFaults
+    ) -> None:
+        """Opening a lock registry on an address nobody listens on raises
+        BackendUnavailableError, alone (no exception group, no driver's exception)."""
+        with trio.fail_after(60):
+            with pytest.raises(BackendError) as info:
+                async with lock_network_faults.open_unreachable():
+                    pass  # pragma: no cover
+        assert type(info.value) is BackendUnavailableError
+        assert info.value.backend == lock_network_faults.name

@@ -21,6 +21,9 @@ from engine.dcb.base import DcbStore
 from engine.dcb.postgres import open_postgres_dcb_store
 from engine.dcb.sqlite import open_sqlite_dcb_store
 from engine.drivers.nats import open_nats
+from engine.locks.base import LockRegistry
+from engine.locks.nats import open_nats_lock_registry
+from engine.locks.postgres import open_pg_lock_registry
 from engine.stores.base import EventStore
 from engine.stores.nats import delete_nats_store, open_nats_store
 from engine.stores.nats_layout import Names
@@ -33,6 +36,8 @@ from engine.testing.error_contract import (
     DcbErrorContract,
     DcbNetworkFaults,
     ErrorBackend,
+    LockConnectionErrorContract,
+    LockNetworkFaults,
     NetworkFaults,
     StoreErrorContract,
 )
@@ -270,3 +275,32 @@ class TestPostgresDcbErrors(DcbErrorContract, DcbConnectionErrorContract):
     @pytest.fixture
     def dcb_network_faults(self, pg: PgTarget) -> DcbNetworkFaults:
         return postgres_dcb_faults(pg)
+
+
+# -- lock registries -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _unreachable_nats_locks() -> AsyncIterator[LockRegistry]:
+    url = f"nats://127.0.0.1:{free_port()}"
+    async with open_nats_lock_registry(url, connect_timeout=2) as registry:
+        yield registry
+
+
+@asynccontextmanager
+async def _unreachable_pg_locks() -> AsyncIterator[LockRegistry]:
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    async with open_pg_lock_registry(dsn, statement_timeout=2) as registry:
+        yield registry
+
+
+class TestNatsLockErrors(LockConnectionErrorContract):
+    @pytest.fixture
+    def lock_network_faults(self) -> LockNetworkFaults:
+        return LockNetworkFaults("nats", _unreachable_nats_locks)
+
+
+class TestPostgresLockErrors(LockConnectionErrorContract):
+    @pytest.fixture
+    def lock_network_faults(self) -> LockNetworkFaults:
+        return LockNetworkFaults("postgres", _unreachable_pg_locks)
