@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import attrs
 import pytest
@@ -52,6 +53,8 @@ __all__ = [
     "LockNetworkFaults",
     "NetworkFaults",
     "StoreErrorContract",
+    "check_closed",
+    "check_refused",
 ]
 
 StoreOpener = Callable[[Codec[Any]], AbstractAsyncContextManager[EventStore[Any]]]
@@ -109,6 +112,40 @@ _CALLS: tuple[tuple[str, Callable[[EventStore[Any]], Awaitable[object]]], ...] =
 )
 
 
+S = TypeVar("S")
+
+
+async def check_closed(
+    opener: Callable[[], AbstractAsyncContextManager[S]],
+    first: Callable[[S], Awaitable[object]],
+    call: Callable[[S], Awaitable[object]],
+) -> None:
+    """Open a store, ``first(store)``, close it: then ``call(store)`` must raise
+    ``trio.ClosedResourceError``."""
+    with trio.fail_after(60):
+        async with opener() as store:
+            await first(store)
+        with pytest.raises(trio.ClosedResourceError):
+            await call(store)
+
+
+async def check_refused(
+    opener: Callable[[], AbstractAsyncContextManager[S]],
+    call: Callable[[S], Awaitable[object]],
+    backend: str,
+) -> BackendRefusedError:
+    """Open a store that the backend refuses: opening it or ``call(store)`` must raise
+    :class:`~engine.errors.BackendRefusedError` naming ``backend``."""
+    with trio.fail_after(60):
+        with pytest.raises(BackendRefusedError) as info:
+            async with opener() as store:
+                await call(store)
+    assert info.value.backend == backend
+    assert not isinstance(info.value, BackendUnavailableError)
+    assert info.value.detail
+    return info.value
+
+
 class StoreErrorContract:
     """Closed and refused, on every durable backend (pytest-trio tests).
 
@@ -120,24 +157,21 @@ class StoreErrorContract:
         self, error_backend: ErrorBackend, call: str
     ) -> None:
         """Each store call after the store's block exited raises trio.ClosedResourceError."""
-        make_call = dict(_CALLS)[call]
-        with trio.fail_after(60):
-            async with error_backend.open_store(contract_codec()) as store:
-                await store.append("s", _note("before close"))
-            with pytest.raises(trio.ClosedResourceError):
-                await make_call(store)
+        await check_closed(
+            partial(error_backend.open_store, contract_codec()),
+            lambda store: store.append("s", _note("before close")),
+            dict(_CALLS)[call],
+        )
 
     async def test_a_refused_request_raises_backend_refused_error(
         self, error_backend: ErrorBackend
     ) -> None:
         """A request the backend refuses raises BackendRefusedError naming the backend."""
-        with trio.fail_after(60):
-            with pytest.raises(BackendRefusedError) as info:
-                async with error_backend.open_refusing(contract_codec()) as store:
-                    await store.append("s", _note("refused"))
-        assert info.value.backend == error_backend.name
-        assert not isinstance(info.value, BackendUnavailableError)
-        assert info.value.detail
+        await check_refused(
+            partial(error_backend.open_refusing, contract_codec()),
+            lambda store: store.append("s", _note("refused")),
+            error_backend.name,
+        )
 
 
 class ConnectionErrorContract:
@@ -232,23 +266,21 @@ class DcbErrorContract:
         self, dcb_error_backend: DcbErrorBackend, call: str
     ) -> None:
         """Each DCB store call after the store's block exited raises trio.ClosedResourceError."""
-        make_call = dict(_DCB_CALLS)[call]
-        with trio.fail_after(60):
-            async with dcb_error_backend.open_store(dcb_contract_codec()) as store:
-                await store.append(_alpha("before close"))
-            with pytest.raises(trio.ClosedResourceError):
-                await make_call(store)
+        await check_closed(
+            partial(dcb_error_backend.open_store, dcb_contract_codec()),
+            lambda store: store.append(_alpha("before close")),
+            dict(_DCB_CALLS)[call],
+        )
 
     async def test_a_refused_dcb_append_raises_backend_refused_error(
         self, dcb_error_backend: DcbErrorBackend
     ) -> None:
         """A DCB append the backend refuses raises BackendRefusedError naming the backend."""
-        with trio.fail_after(60):
-            with pytest.raises(BackendRefusedError) as info:
-                async with dcb_error_backend.open_refusing(dcb_contract_codec()) as store:
-                    await store.append(_alpha("refused"))
-        assert info.value.backend == dcb_error_backend.name
-        assert not isinstance(info.value, BackendUnavailableError)
+        await check_refused(
+            partial(dcb_error_backend.open_refusing, dcb_contract_codec()),
+            lambda store: store.append(_alpha("refused")),
+            dcb_error_backend.name,
+        )
 
 
 class DcbConnectionErrorContract:
