@@ -28,10 +28,7 @@ from engine.drivers.nats_vocabulary import (
     BATCH_COMMIT,
     BATCH_ID,
     BATCH_SEQUENCE,
-    STORAGE_RESOURCES_EXCEEDED,
-    STREAM_NAME_IN_USE,
-    STREAM_NOT_FOUND,
-    STREAM_STORE_FAILED,
+    ApiError,
 )
 from engine.errors import BackendRefusedError, StorageFullError
 
@@ -219,7 +216,7 @@ class JetStream:
         try:
             await self.api(f"$JS.API.STREAM.CREATE.{name}", config)
         except JetStreamApiError as exc:
-            if exc.err_code != STREAM_NAME_IN_USE:
+            if exc.err_code != ApiError.STREAM_NAME_IN_USE:
                 raise
             await self.api(f"$JS.API.STREAM.UPDATE.{name}", config)
 
@@ -232,7 +229,7 @@ class JetStream:
         try:
             await self.api(f"$JS.API.STREAM.DELETE.{name}")
         except JetStreamApiError as exc:
-            if exc.err_code != STREAM_NOT_FOUND:
+            if exc.err_code != ApiError.STREAM_NOT_FOUND:
                 raise
 
     async def publish(self, message: OutMsg) -> PubAck:
@@ -379,7 +376,7 @@ class JetStream:
 
 
 #: Error codes that mean "no room": the stream's limits, or the server's storage.
-_STORAGE_FULL = frozenset({STREAM_STORE_FAILED, STORAGE_RESOURCES_EXCEEDED})
+_STORAGE_FULL = frozenset({ApiError.STREAM_STORE_FAILED, ApiError.STORAGE_RESOURCES_EXCEEDED})
 
 
 def _parse_api_reply(data: bytes) -> dict[str, Any]:

@@ -14,6 +14,7 @@ becomes a subject as it is; it is encoded into one token that cannot hold ``.``,
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import re
 from collections.abc import Mapping
@@ -21,20 +22,13 @@ from typing import Any, Final
 
 __all__ = [
     "BATCH_COMMIT",
-    "BATCH_DUPLICATE_MSG_ID",
     "BATCH_ID",
     "BATCH_SEQUENCE",
-    "BATCH_TOO_LARGE",
     "EXPECTED_LAST_SUBJECT_SEQUENCE",
     "KV_OPERATION",
     "MAX_TOKEN_LENGTH",
     "MSG_ID",
-    "STORAGE_RESOURCES_EXCEEDED",
-    "STREAM_NAME_IN_USE",
-    "STREAM_NOT_FOUND",
-    "STREAM_STORE_FAILED",
-    "TOO_MANY_BATCHES_IN_FLIGHT",
-    "WRONG_LAST_SEQUENCE",
+    "ApiError",
     "bounded_subject_token",
     "check_namespace",
     "digest_token",
@@ -44,25 +38,28 @@ __all__ = [
     "subject_token",
 ]
 
-# -- JetStream API error codes (``err_code`` of an error reply) -------------------------
 
-#: A stream of that name exists already (with other settings).
-STREAM_NAME_IN_USE: Final = 10058
-#: No stream of that name.
-STREAM_NOT_FOUND: Final = 10059
-#: A ``Nats-Expected-Last-*`` check failed (someone wrote first).
-WRONG_LAST_SEQUENCE: Final = 10071
-#: The stream could not store a message: it is at its limits (``max_msgs``,
-#: ``max_bytes`` with ``discard: new``) or its storage failed.
-STREAM_STORE_FAILED: Final = 10077
-#: The server's JetStream storage is used up.
-STORAGE_RESOURCES_EXCEEDED: Final = 10047
-#: An atomic batch has more messages than the server allows.
-BATCH_TOO_LARGE: Final = 10199
-#: An atomic batch holds a message id already stored.
-BATCH_DUPLICATE_MSG_ID: Final = 10201
-#: The server has too many atomic batches in flight; retry.
-TOO_MANY_BATCHES_IN_FLIGHT: Final = 10210
+class ApiError(enum.IntEnum):
+    """The JetStream API error codes (``err_code`` of an error reply) eskit reacts to."""
+
+    #: A stream of that name exists already (with other settings).
+    STREAM_NAME_IN_USE = 10058
+    #: No stream of that name.
+    STREAM_NOT_FOUND = 10059
+    #: A ``Nats-Expected-Last-*`` check failed (someone wrote first).
+    WRONG_LAST_SEQUENCE = 10071
+    #: The stream could not store a message: it is at its limits (``max_msgs``,
+    #: ``max_bytes`` with ``discard: new``) or its storage failed.
+    STREAM_STORE_FAILED = 10077
+    #: The server's JetStream storage is used up.
+    STORAGE_RESOURCES_EXCEEDED = 10047
+    #: An atomic batch has more messages than the server allows.
+    BATCH_TOO_LARGE = 10199
+    #: An atomic batch holds a message id already stored.
+    BATCH_DUPLICATE_MSG_ID = 10201
+    #: The server has too many atomic batches in flight; retry.
+    TOO_MANY_BATCHES_IN_FLIGHT = 10210
+
 
 # -- Headers -----------------------------------------------------------------------------
 

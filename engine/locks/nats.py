@@ -57,7 +57,7 @@ from engine.drivers.nats import (
 from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     KV_OPERATION,
-    WRONG_LAST_SEQUENCE,
+    ApiError,
     check_namespace,
     is_kv_tombstone,
     kv_bucket_config,
@@ -284,7 +284,7 @@ class NATSLockRegistry:
             ack = await self._connection.publish(OutMsg(subject, value, headers))
             settled = True
         except JetStreamApiError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                 raise
             settled = True
             return None
@@ -400,7 +400,7 @@ class NATSLockRegistry:
                 try:
                     ack = await self._connection.publish(OutMsg(held.subject, held.value, headers))
                 except JetStreamApiError as exc:
-                    if exc.err_code == WRONG_LAST_SEQUENCE:
+                    if exc.err_code == ApiError.WRONG_LAST_SEQUENCE:
                         self._lose(held, "the key expired or changed hands")
                         return False
                     logger.warning("renewing %r failed: %s", held.lease.key, exc)
@@ -439,7 +439,7 @@ class NATSLockRegistry:
                     )
                     return
                 except JetStreamApiError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                    if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                         logger.warning("releasing %r failed: %s", held.lease.key, exc)
                         return
                 entry = await self._read(held.subject)

@@ -36,10 +36,7 @@ from engine.drivers.nats import (
     open_nats,
 )
 from engine.drivers.nats_vocabulary import (
-    BATCH_DUPLICATE_MSG_ID,
-    BATCH_TOO_LARGE,
-    TOO_MANY_BATCHES_IN_FLIGHT,
-    WRONG_LAST_SEQUENCE,
+    ApiError,
     digest_token,
 )
 from engine.drivers.nats_vocabulary import subject_token as stream_subject_token
@@ -125,7 +122,7 @@ def _translate_api_error(exc: JetStreamApiError) -> Exception:
 
     Any other stays what it is: a :class:`~engine.errors.BackendRefusedError`.
     """
-    if exc.err_code == BATCH_TOO_LARGE:
+    if exc.err_code == ApiError.BATCH_TOO_LARGE:
         return ValueError(f"the append is larger than the server's atomic batch limit: {exc}")
     return exc
 
@@ -224,12 +221,12 @@ class NatsStore(Generic[E]):
             try:
                 return await self._write(stream_id, encoded, head, key)
             except JetStreamApiError as exc:
-                if exc.err_code == TOO_MANY_BATCHES_IN_FLIGHT:
+                if exc.err_code == ApiError.TOO_MANY_BATCHES_IN_FLIGHT:
                     await trio.sleep(0.01)
                     continue
-                if exc.err_code == BATCH_DUPLICATE_MSG_ID:
+                if exc.err_code == ApiError.BATCH_DUPLICATE_MSG_ID:
                     return await self._already_stored(stream_id, encoded)
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
             # Someone wrote first: to the stream, or (a keyed append) to the key.
             if key is not None:

@@ -23,7 +23,7 @@ from engine.drivers.nats import (
 )
 from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
-    WRONG_LAST_SEQUENCE,
+    ApiError,
     is_kv_tombstone,
     kv_stream,
     subject_token,
@@ -101,7 +101,7 @@ class NatsSnapshotStore(Generic[S]):
                 )
                 return
             except JetStreamApiError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
         raise RuntimeError(f"snapshot of {snapshot.stream_id!r} kept losing races")
 
@@ -160,7 +160,7 @@ class NatsCheckpointStore:
                     )
                 )
             except JetStreamApiError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
                 # Written since: compare the value again (it may be ``expected`` still).
                 known = None
