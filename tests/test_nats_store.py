@@ -14,14 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine.drivers.nats import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MSG_ID,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    open_nats,
-)
+from engine.drivers.nats import NatsConnection, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg
+from engine.drivers.nats_vocabulary import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID
 from engine.errors import ConcurrencyError, IdempotencyConflictError, StorageFullError
 from engine.events import ExpectedVersion, NewEvent
 from engine.stores.base import Snapshot

@@ -7,8 +7,7 @@ blocking the Trio loop. Jobs cross the bridge in bursts: one wake-up per burst a
 direction, however many Trio tasks submit at once. This module holds the connection and
 core NATS (requests, publishes, subscriptions); :mod:`engine.drivers.nats_jetstream` the
 JetStream calls mixed into it; :mod:`engine.drivers.nats_vocabulary` the codes, headers,
-names and subject tokens every NATS adapter shares. The names of those two modules are
-re-exported here.
+names and subject tokens every NATS adapter shares.
 
 Why not trio-asyncio: measured on the 2-core dev VM (``benchmarks/nats_store_quick.py``
 and ad-hoc runs against a memory stream), JetStream publish+ack per second, raw asyncio /
@@ -47,48 +46,31 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from engine.drivers.nats_bridge import AsyncioBridge, open_asyncio_bridge
+
+# OutMsg, StoredMsg, JetStreamApiError and MAX_TOKEN_LENGTH are re-exported: the cluster
+# router, the tests and the benchmarks import them from here.
 from engine.drivers.nats_jetstream import (
-    DIRECT_BATCH_MAX_BYTES,
-    DirectBatch,
     DirectInbox,
     JetStream,
     JetStreamApiError,
     OutMsg,
-    PubAck,
     StoredMsg,
 )
-from engine.drivers.nats_vocabulary import (
-    BATCH_COMMIT,
-    BATCH_ID,
-    BATCH_SEQUENCE,
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MAX_TOKEN_LENGTH,
-    MSG_ID,
-    bounded_subject_token,
-)
+from engine.drivers.nats_vocabulary import MAX_TOKEN_LENGTH
 from engine.errors import BackendUnavailableError, OutcomeUnknownError
 from engine.groups import unwrap_lone_errors
 
 __all__ = [
-    "BATCH_COMMIT",
-    "BATCH_ID",
-    "BATCH_SEQUENCE",
     "DEFAULT_TIMEOUT",
-    "DIRECT_BATCH_MAX_BYTES",
-    "EXPECTED_LAST_SUBJECT_SEQUENCE",
     "MAX_TOKEN_LENGTH",
-    "MSG_ID",
-    "DirectBatch",
     "InMsg",
     "JetStreamApiError",
     "NatsConnection",
     "NatsStatistics",
     "NoRespondersError",
     "OutMsg",
-    "PubAck",
     "StoredMsg",
     "Subscription",
-    "bounded_subject_token",
     "open_nats",
 ]
 

@@ -46,14 +46,8 @@ import attrs
 import orjson
 import trio
 
-from engine.drivers.nats import (
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    StoredMsg,
-    Subscription,
-    open_nats,
-)
+from engine.drivers.nats import NatsConnection, Subscription, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg, StoredMsg
 from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     KV_OPERATION,

@@ -30,11 +30,8 @@ import attrs
 import trio
 
 from engine.codec import Codec
-from engine.drivers.nats import (
-    JetStreamApiError,
-    NatsConnection,
-    open_nats,
-)
+from engine.drivers.nats import NatsConnection, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError
 from engine.drivers.nats_vocabulary import (
     ApiError,
     digest_token,

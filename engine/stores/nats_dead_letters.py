@@ -41,7 +41,8 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
-from engine.drivers.nats import JetStreamApiError, NatsConnection, OutMsg
+from engine.drivers.nats import NatsConnection
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg
 from engine.drivers.nats_vocabulary import (
     MAX_TOKEN_LENGTH,
     bounded_subject_token,

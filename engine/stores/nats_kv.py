@@ -15,12 +15,8 @@ import attrs
 import msgspec
 
 from engine.codec import Codec
-from engine.drivers.nats import (
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    StoredMsg,
-)
+from engine.drivers.nats import NatsConnection
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg, StoredMsg
 from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     ApiError,

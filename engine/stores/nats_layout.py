@@ -28,7 +28,8 @@ import attrs
 import msgspec
 
 from engine.codec import Codec
-from engine.drivers.nats import NatsConnection, OutMsg
+from engine.drivers.nats import NatsConnection
+from engine.drivers.nats_jetstream import OutMsg
 from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     MSG_ID,
