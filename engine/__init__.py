@@ -28,6 +28,9 @@ from engine.dcb.handler import (
 from engine.dcb.memory import MemoryDcbStore
 from engine.decider import Decider, View, combine
 from engine.errors import (
+    BackendError,
+    BackendRefusedError,
+    BackendUnavailableError,
     CheckpointConflictError,
     CodecError,
     ConcurrencyError,
@@ -43,6 +46,7 @@ from engine.errors import (
     NotActiveError,
     NotCaughtUpError,
     NotFoundError,
+    OutcomeUnknownError,
     PluginError,
     RetriesExhaustedError,
     StorageFullError,
@@ -82,6 +86,9 @@ __all__ = [
     "ORJSON",
     "AppendCondition",
     "AppendConditionError",
+    "BackendError",
+    "BackendRefusedError",
+    "BackendUnavailableError",
     "CheckpointConflictError",
     "CheckpointStore",
     "Codec",
@@ -129,6 +136,7 @@ __all__ = [
     "NotActiveError",
     "NotCaughtUpError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "Plugin",
     "PluginError",
     "ProjectionContext",

@@ -182,10 +182,12 @@ def _describe_failure(error: BaseException, config: Any) -> str:
 
 
 def trio_errors() -> tuple[type[BaseException], ...]:
-    """Trio's resource errors: their text says what happened, the type adds nothing."""
+    """Resource and backend errors: their text says what happened, the type adds nothing."""
     import trio
 
-    return (trio.BrokenResourceError, trio.ClosedResourceError)
+    from engine.errors import BackendError
+
+    return (trio.BrokenResourceError, trio.ClosedResourceError, BackendError)
 
 
 def _report_failure(error: BaseException, config: Any, debug: bool, *, hint: bool = True) -> int:

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
+    "BackendError",
+    "BackendRefusedError",
+    "BackendUnavailableError",
     "CheckpointConflictError",
     "CodecError",
     "ConcurrencyError",
@@ -25,6 +28,7 @@ __all__ = [
     "LockNotHeldError",
     "NotCaughtUpError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "PluginError",
     "RetriesExhaustedError",
     "StorageFullError",
@@ -284,6 +288,59 @@ class NotActiveError(EskitError):
             f"{self.what} is kept only on the node whose runner is active, and {where}; "
             "ask that node"
         )
+
+
+class BackendError(EskitError):
+    """A backend (SQLite, PostgreSQL, NATS) failed an operation.
+
+    The root of the backend error policy (docs/runtime.md, "Backend errors"): every
+    backend translates its driver's errors, in one place, into a subclass of this, into
+    :class:`StorageFullError`, or into ``trio.ClosedResourceError`` for a closed store.
+
+    Attributes:
+        backend: ``"sqlite"``, ``"postgres"`` or ``"nats"`` (or a third-party name).
+        detail: What the backend said, for people (never parse it).
+    """
+
+    code = "backend_error"
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(detail)
+        self.backend = backend
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """The backend cannot be reached (refused, down, no connection free in time).
+
+    Nothing was applied; retry once it is back. A :class:`ConnectionError`, so code
+    that caught the builtin keeps working.
+    """
+
+    code = "backend_unavailable"
+
+
+class OutcomeUnknownError(BackendUnavailableError, TimeoutError):
+    """The connection was lost, or no answer came in time, while an operation was in flight.
+
+    A write may or may not have been applied: read back (or retry with the same
+    idempotency key or event ids) before deciding again. Also a :class:`TimeoutError`.
+    """
+
+    code = "outcome_unknown"
+
+
+class BackendRefusedError(BackendError):
+    """The backend answered and refused the operation (an error no other engine error names).
+
+    Nothing was applied. Retrying the same request will usually fail the same way: the
+    detail says why (permissions, a setting, a corrupt file...).
+    """
+
+    code = "backend_refused"
 
 
 class StorageFullError(EskitError, OSError):

@@ -14,15 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from engine.drivers.nats import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MSG_ID,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    open_nats,
-)
-from engine.errors import ConcurrencyError, IdempotencyConflictError
+from engine.drivers.nats import NatsConnection, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg
+from engine.drivers.nats_vocabulary import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID
+from engine.errors import ConcurrencyError, IdempotencyConflictError, StorageFullError
 from engine.events import ExpectedVersion, NewEvent
 from engine.stores.base import Snapshot
 from engine.stores.nats import (
@@ -66,6 +61,25 @@ async def stream_state(connection: NatsConnection, nats: NatsTarget) -> dict[str
 
 
 # -- atomic batches ---------------------------------------------------------------------
+
+
+async def test_a_stream_at_its_limits_raises_storage_full(
+    connection: NatsConnection, nats: NatsTarget
+) -> None:
+    """Appends to an event stream at its max_msgs limit (discard new) raise StorageFullError,
+    for one event and for an atomic batch alike, and store nothing."""
+    async with store_on(connection, nats) as store:
+        await store.append("s", notes("first"))
+        stream = f"{nats.namespace}_events"
+        info = await connection.api(f"$JS.API.STREAM.INFO.{stream}")
+        limited = {**info["config"], "max_msgs": 1, "discard": "new"}
+        await connection.api(f"$JS.API.STREAM.UPDATE.{stream}", limited)
+        with pytest.raises(StorageFullError) as one:
+            await store.append("s", notes("second"))
+        with pytest.raises(StorageFullError):
+            await store.append("t", notes("a", "b"))
+        assert "maximum messages exceeded" in str(one.value)
+        assert [e.data.text for e in await store.read_all()] == ["first"]
 
 
 async def test_batch_failing_at_a_later_message_leaves_nothing(

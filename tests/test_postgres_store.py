@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import trio
 
-from engine.errors import ConcurrencyError, EskitError
+from engine.errors import ConcurrencyError, EskitError, OutcomeUnknownError
 from engine.events import Event, NewEvent
 from engine.stores.base import Snapshot
 from engine.stores.postgres import PostgresStore, append_in_transaction, open_postgres_store
@@ -121,7 +121,7 @@ async def test_late_commit_holds_followers_back(pg: PgTarget, outcome: str) -> N
 async def test_terminated_connection_fails_in_flight_call_and_pool_recovers(
     pg: PgTarget,
 ) -> None:
-    """Killing the backend of an append in flight raises BrokenResourceError for that
+    """Killing the backend of an append in flight raises OutcomeUnknownError for that
     append only; killing idle pooled backends goes unnoticed; the store keeps working."""
     with trio.fail_after(60), _raw(pg) as late:
         async with _store(pg, "doomed") as store:
@@ -135,7 +135,7 @@ async def test_terminated_connection_fails_in_flight_call_and_pool_recovers(
             failure: list[BaseException] = []
 
             async def doomed_append() -> None:
-                with pytest.raises(trio.BrokenResourceError) as info:
+                with pytest.raises(OutcomeUnknownError) as info:
                     await store.append("s", [NewEvent(Note("lost"))])
                 failure.append(info.value)
 

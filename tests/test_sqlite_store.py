@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from engine.drivers.sqlite import open_sqlite
-from engine.errors import ConcurrencyError, IdempotencyConflictError
+from engine.errors import BackendRefusedError, ConcurrencyError, IdempotencyConflictError
 from engine.events import Event, ExpectedVersion, NewEvent
 from engine.stores.sqlite import (
     MIGRATIONS,
@@ -288,11 +288,11 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
         await store.load("s")
 
 
-async def test_not_a_database_is_a_broken_resource(tmp_path: Path) -> None:
-    """Opening a file that is not SQLite raises BrokenResourceError, not a sqlite3 error."""
+async def test_not_a_database_is_refused(tmp_path: Path) -> None:
+    """Opening a file that is not SQLite raises BackendRefusedError, not a sqlite3 error."""
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not a database, just text " * 200)
-    with pytest.raises(trio.BrokenResourceError):
+    with pytest.raises(BackendRefusedError):
         async with open_sqlite_store(path, contract_codec()):
             pass  # pragma: no cover
 

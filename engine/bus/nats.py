@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -36,6 +35,7 @@ import trio
 from engine.bus.base import DEFAULT_SUBSCRIPTION_BUFFER
 from engine.bus.channel import ChannelSubscription, Subscriber, local_subscription
 from engine.drivers.nats import NatsConnection, NatsStatistics, Subscription, open_nats
+from engine.drivers.nats_vocabulary import check_namespace
 from engine.events import Event
 from engine.groups import unwrap_lone_errors
 
@@ -56,14 +56,11 @@ logger = logging.getLogger("eskit.bus")
 DEFAULT_BUS_NAMESPACE = "eskit"
 #: Messages the client's one NATS subscription buffers before the Trio side reads them.
 DEFAULT_INBOX_SIZE = 1024
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def bus_subject(namespace: str) -> str:
     """The subject the bus of ``namespace`` publishes on."""
-    if not _NAMESPACE_RE.fullmatch(namespace):
-        raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
-    return f"{namespace}.bus"
+    return f"{check_namespace(namespace)}.bus"
 
 
 @attrs.frozen

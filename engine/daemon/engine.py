@@ -46,6 +46,7 @@ from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import (
+    BackendError,
     ConfigError,
     DuplicateEventTypeError,
     InvalidCommandError,
@@ -223,9 +224,9 @@ async def _open_sqlite(
                     max_event_bytes=config.store.max_event_bytes,
                 )
             )
-        except trio.BrokenResourceError as exc:  # not a database, unreadable, corrupt
-            raise trio.BrokenResourceError(
-                f"cannot open the SQLite store {str(path)!r}: {exc}"
+        except BackendError as exc:  # not a database, unreadable, corrupt
+            raise type(exc)(
+                exc.backend, f"cannot open the SQLite store {str(path)!r}: {exc}"
             ) from exc
         yield store
 
@@ -251,11 +252,11 @@ async def _open_postgres(
                     name=f"eskit-{config.engine.node_id}",
                 )
             )
-        except trio.BrokenResourceError as exc:  # unreachable, or the login was refused
+        except BackendError as exc:  # unreachable, or the login was refused
             cause = exc.__cause__ or exc
             reason = " ".join(str(cause).split())  # psycopg's message spans lines
-            raise trio.BrokenResourceError(
-                f"cannot connect to the PostgreSQL store: {redact_text(reason)}"
+            raise type(exc)(
+                exc.backend, f"cannot connect to the PostgreSQL store: {redact_text(reason)}"
             ) from exc
         yield store
 

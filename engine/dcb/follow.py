@@ -10,13 +10,14 @@ read's head, so a selective query does not re-scan the log.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Protocol, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
 
 from engine.dcb.base import DEFAULT_FOLLOW_BATCH, Query, ReadResult, SequencedEvent
 
-__all__ = ["follow"]
+__all__ = ["Following", "follow"]
 
 E = TypeVar("E")
 
@@ -58,3 +59,28 @@ async def follow(
         position = max(position, head)
         if len(events) < batch_size:
             await store.wait_for_append(position)
+
+
+class Following(Generic[E]):
+    """Gives a DCB store the one ``subscribe``: :func:`follow` over its ``read`` and
+    ``wait_for_append``."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        async def read(
+            self, query: Query | None = None, *, after: int | None = None, limit: int | None = None
+        ) -> ReadResult[E]: ...
+
+        async def wait_for_append(self, after: int) -> None: ...
+
+    def subscribe(
+        self,
+        query: Query | None = None,
+        *,
+        after: int = 0,
+        batch_size: int = DEFAULT_FOLLOW_BATCH,
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[SequencedEvent[E]]]:
+        """Follow the log (see :meth:`DcbStore.subscribe <engine.dcb.base.DcbStore.subscribe>`)."""
+        return follow(self, query, after=after, batch_size=batch_size)

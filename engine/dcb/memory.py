@@ -11,15 +11,13 @@ import bisect
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
 from engine.codec import Codec
 from engine.dcb.base import (
-    DEFAULT_FOLLOW_BATCH,
     AppendCondition,
     AppendConditionError,
     DcbEvent,
@@ -29,7 +27,7 @@ from engine.dcb.base import (
     SequencedEvent,
 )
 from engine.dcb.encoding import EncodedDcbEvent, check_batch, decode_event, encode_events
-from engine.dcb.follow import follow
+from engine.dcb.follow import Following
 from engine.events import utc_now
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 
@@ -51,7 +49,7 @@ class _Record:
 
 
 @attrs.define
-class MemoryDcbStore(Generic[E]):
+class MemoryDcbStore(Following[E]):
     """A :class:`~engine.dcb.base.DcbStore` held in a Python list.
 
     Args:
@@ -140,15 +138,6 @@ class MemoryDcbStore(Generic[E]):
             await trio.lowlevel.checkpoint()
             return
         await self._appended.wait()
-
-    def subscribe(
-        self,
-        query: Query | None = None,
-        *,
-        after: int = 0,
-        batch_size: int = DEFAULT_FOLLOW_BATCH,
-    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[SequencedEvent[E]]]:
-        return follow(self, query, after=after, batch_size=batch_size)
 
     def _first_match(self, query: Query, after: int) -> int | None:
         positions = self._matching(query, after)

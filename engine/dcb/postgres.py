@@ -30,17 +30,15 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import psycopg
-import trio
 
 from engine.codec import Codec
 from engine.dcb.base import (
-    DEFAULT_FOLLOW_BATCH,
     AppendCondition,
     AppendConditionError,
     DcbEvent,
@@ -50,7 +48,7 @@ from engine.dcb.base import (
     SequencedEvent,
 )
 from engine.dcb.encoding import EncodedDcbEvent, decode_event, encode_events
-from engine.dcb.follow import follow
+from engine.dcb.follow import Following
 from engine.dcb.postgres_schema import (
     PROBE_LIMIT,
     STATUS_CONFLICT,
@@ -67,20 +65,20 @@ from engine.drivers.postgres import (
     DEFAULT_MIN_POOL_SIZE,
     PgConnection,
     PgPool,
-    open_pg_pool,
 )
 from engine.errors import EskitError
 from engine.events import utc_now
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES
 from engine.stores.pg_support import (
+    GroupCommit,
     GroupRequest,
-    GroupWriter,
-    HeadTracker,
-    connection_lost,
     fetch_one,
+    open_group_commit,
+    open_migrated_pool,
     take_fifo_group,
     translate,
+    write_each_on_failure,
 )
 
 __all__ = [
@@ -219,20 +217,9 @@ def _call_append(q: DcbQueries, conn: PgConnection, group: Sequence[_AppendArgs]
 def _write_group(
     q: DcbQueries, group: Sequence[_AppendArgs], conn: PgConnection
 ) -> list[_Row | BaseException]:
-    """One group commit (runs in a worker thread). A group that fails as a whole for a
-    reason other than a lost connection is retried one append at a time, so that each
-    append gets its own result."""
-    try:
-        return list(_call_append(q, conn, group))
-    except psycopg.Error as exc:
-        if connection_lost(exc):
-            raise
-        if len(group) == 1:
-            return [exc]
-    results: list[_Row | BaseException] = []
-    for request in group:
-        results.extend(_write_group(q, [request], conn))
-    return results
+    """One group commit (runs in a worker thread; see
+    :func:`~engine.stores.pg_support.write_each_on_failure`)."""
+    return write_each_on_failure(partial(_call_append, q, conn), group)
 
 
 def _stored_ids(q: DcbQueries, ids: list[uuid.UUID], conn: PgConnection) -> list[uuid.UUID]:
@@ -242,7 +229,7 @@ def _stored_ids(q: DcbQueries, ids: list[uuid.UUID], conn: PgConnection) -> list
 
 
 @attrs.define(eq=False)
-class PostgresDcbStore(Generic[E]):
+class PostgresDcbStore(Following[E]):
     """A :class:`~engine.dcb.base.DcbStore` on PostgreSQL.
 
     Open it with :func:`open_postgres_dcb_store`; never construct it directly.
@@ -253,9 +240,7 @@ class PostgresDcbStore(Generic[E]):
     now: Callable[[], dt.datetime]
     _pool: PgPool
     _queries: DcbQueries
-    _requests: trio.MemorySendChannel[_AppendRequest]
-    _head: HeadTracker
-    _writer: GroupWriter[_AppendArgs, _Row]
+    _commit: GroupCommit[_AppendArgs, _Row]
     _conflicts: int = 0
 
     async def read(
@@ -283,7 +268,7 @@ class PostgresDcbStore(Generic[E]):
         events = [self._decode(row) for row in rows if row[1] is not None]
         if limit is not None and len(events) == limit:
             head = events[-1].position
-        self._head.advance(head)
+        self._commit.head.advance(head)
         return ReadResult(events, head)
 
     async def append(
@@ -295,7 +280,7 @@ class PostgresDcbStore(Generic[E]):
         Raises:
             AppendConditionError: The condition failed; nothing was written.
             DuplicateEventIdError: Some but not all event ids are stored already.
-            trio.BrokenResourceError: The connection was lost; the append may or may not
+            OutcomeUnknownError: The connection was lost; the append may or may not
                 have been stored (retry it with the same event ids).
             trio.ClosedResourceError: The store is closed.
         """
@@ -304,7 +289,7 @@ class PostgresDcbStore(Generic[E]):
             _AppendArgs(encoded, condition, self.now()),
             sum(len(e.data) + len(e.metadata) for e in encoded),
         )
-        await self._requests.send(request)
+        await self._commit.requests.send(request)
         result = await request.wait()
         if isinstance(result, BaseException):
             raise _translate(result) from result
@@ -312,7 +297,7 @@ class PostgresDcbStore(Generic[E]):
         status, position = result
         if status in (STATUS_OK, STATUS_REPLAY):
             assert position is not None
-            self._head.advance(position)
+            self._commit.head.advance(position)
             return position
         if status == STATUS_CONFLICT:
             self._conflicts += 1
@@ -327,7 +312,7 @@ class PostgresDcbStore(Generic[E]):
         """The log's current head position (0 for an empty log)."""
         row = await self._run(partial(fetch_one, self._queries.head, ()))
         head = int(row[0]) if row else 0
-        self._head.advance(head)
+        self._commit.head.advance(head)
         return head
 
     async def wait_for_append(self, after: int) -> None:
@@ -336,21 +321,11 @@ class PostgresDcbStore(Generic[E]):
         Wakes on this store's own appends and on the NOTIFY every append transaction
         sends (from any process), over one LISTEN connection opened on first use.
         """
-        await self._head.wait_above(after, self.head)
-
-    def subscribe(
-        self,
-        query: Query | None = None,
-        *,
-        after: int = 0,
-        batch_size: int = DEFAULT_FOLLOW_BATCH,
-    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[SequencedEvent[E]]]:
-        """Follow the log (see :meth:`DcbStore.subscribe <engine.dcb.base.DcbStore.subscribe>`)."""
-        return follow(self, query, after=after, batch_size=batch_size)
+        await self._commit.head.wait_above(after, self.head)
 
     def statistics(self) -> PostgresDcbStoreStatistics:
         """Counters of the group-commit writer."""
-        writer = self._writer
+        writer = self._commit.writer
         return PostgresDcbStoreStatistics(
             writer.groups, writer.appends, writer.largest_group, self._conflicts
         )
@@ -405,7 +380,7 @@ async def open_postgres_dcb_store(
         now: Wall clock for ``recorded_at``.
 
     Raises:
-        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        BackendUnavailableError: The server cannot be reached or refused the login.
         EskitError: The DCB tables were migrated by a newer eskit, or a database error.
 
     Resource handling:
@@ -415,45 +390,36 @@ async def open_postgres_dcb_store(
     """
     queries = DcbQueries.for_schema(schema)
     async with AsyncExitStack() as stack:
-        try:
-            pool = await stack.enter_async_context(
-                open_pg_pool(dsn, min_size=min_pool_size, max_size=max_pool_size, name=name)
-            )
-            await pool.run(partial(migrate, queries))
-        except psycopg.Error as exc:
-            raise _translate(exc) from exc
-        async with trio.open_nursery() as nursery:
-            send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
+        pool = await open_migrated_pool(
+            stack,
+            dsn,
+            partial(migrate, queries),
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            name=name,
+            closed="the PostgreSQL DCB store is closed",
+        )
+        async with open_group_commit(
+            pool,
             # The group is taken in order: a later append's condition sees the earlier ones.
-            take = partial(
-                take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES
-            )
-            writer = GroupWriter(
-                pool,
-                take,
-                partial(_write_group, queries),
-                MAX_GROUP_REQUESTS,
-                # Appenders still waiting when the store closes get ClosedResourceError
-                # instead of waiting forever, as the event store's do.
-                closed_message=(
-                    "the PostgreSQL DCB store closed before this append finished; "
-                    "it may or may not have been stored"
-                ),
-            )
-            head = HeadTracker(nursery, dsn, queries.channel, "eskit-listen", _translate)
-            store: PostgresDcbStore[E] = PostgresDcbStore(
+            partial(take_fifo_group, max_requests=MAX_GROUP_REQUESTS, max_bytes=MAX_GROUP_BYTES),
+            partial(_write_group, queries),
+            max_requests=MAX_GROUP_REQUESTS,
+            buffer=REQUEST_BUFFER,
+            closed_message=(
+                "the PostgreSQL DCB store closed before this append finished; "
+                "it may or may not have been stored"
+            ),
+            dsn=dsn,
+            channel=queries.channel,
+            listen_name="eskit-listen",
+            translate=_translate,
+        ) as commit:
+            yield PostgresDcbStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
                 now=now,
                 pool=pool,
                 queries=queries,
-                requests=send,
-                head=head,
-                writer=writer,
+                commit=commit,
             )
-            nursery.start_soon(writer.run, receive)
-            try:
-                yield store
-            finally:
-                send.close()
-                nursery.cancel_scope.cancel()

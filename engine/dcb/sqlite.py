@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from os import PathLike
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import attrs
 import orjson
@@ -47,7 +47,6 @@ from sqlite_utils.migrations import Migrations
 
 from engine.codec import Codec
 from engine.dcb.base import (
-    DEFAULT_FOLLOW_BATCH,
     AppendCondition,
     AppendConditionError,
     DcbEvent,
@@ -58,7 +57,7 @@ from engine.dcb.base import (
     SequencedEvent,
 )
 from engine.dcb.encoding import EncodedDcbEvent, decode_event, encode_events
-from engine.dcb.follow import follow
+from engine.dcb.follow import Following
 from engine.drivers.sqlite import (
     DEFAULT_MAX_BATCH,
     DEFAULT_READERS,
@@ -212,7 +211,7 @@ class SqliteDcbStoreStatistics:
 
 
 @attrs.define(eq=False)
-class SqliteDcbStore(Generic[E]):
+class SqliteDcbStore(Following[E]):
     """A :class:`~engine.dcb.base.DcbStore` in a SQLite file.
 
     Open it with :func:`open_sqlite_dcb_store`; never construct it directly.
@@ -347,16 +346,6 @@ class SqliteDcbStore(Generic[E]):
         with trio.move_on_after(self.poll_interval):
             await self._appended.wait()
 
-    def subscribe(
-        self,
-        query: Query | None = None,
-        *,
-        after: int = 0,
-        batch_size: int = DEFAULT_FOLLOW_BATCH,
-    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[SequencedEvent[E]]]:
-        """Follow the log (see :meth:`DcbStore.subscribe <engine.dcb.base.DcbStore.subscribe>`)."""
-        return follow(self, query, after=after, batch_size=batch_size)
-
     def statistics(self) -> SqliteDcbStoreStatistics:
         """Counters of this store."""
         return SqliteDcbStoreStatistics(
@@ -426,7 +415,7 @@ async def open_sqlite_dcb_store(
         :func:`engine.drivers.sqlite.open_sqlite`).
 
     Error handling:
-        :class:`trio.BrokenResourceError` if SQLite fails (not a database, disk full).
+        :class:`~engine.errors.BackendRefusedError` if SQLite fails (not a database, disk full).
     """
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0, got {poll_interval}")

@@ -22,7 +22,8 @@ of the batch has been cancelled.
 
 Errors: exceptions a job raises on purpose (engine errors) reach its caller unchanged;
 :mod:`sqlite3` errors are translated in :func:`_translate`, the one place this adapter
-does so, into :class:`trio.BrokenResourceError`. Using the database after close raises
+does so, into :class:`~engine.errors.BackendRefusedError` (the backend error policy,
+docs/runtime.md). Using the database after close raises
 :class:`trio.ClosedResourceError`.
 """
 
@@ -45,7 +46,7 @@ import attrs
 import outcome
 import trio
 
-from engine.errors import StorageFullError
+from engine.errors import BackendRefusedError, StorageFullError
 from engine.groups import unwrap_lone_errors
 
 __all__ = [
@@ -144,7 +145,7 @@ _SQLITE_FULL = 13
 def _translate(exc: sqlite3.Error | OSError) -> Exception:
     """The one place a :mod:`sqlite3` error becomes an engine-facing error:
     :class:`~engine.errors.StorageFullError` when the disk (or the database) is full,
-    :class:`trio.BrokenResourceError` otherwise."""
+    :class:`~engine.errors.BackendRefusedError` otherwise."""
     code = getattr(exc, "sqlite_errorcode", None)
     name = getattr(exc, "sqlite_errorname", type(exc).__name__)
     error: Exception
@@ -156,7 +157,7 @@ def _translate(exc: sqlite3.Error | OSError) -> Exception:
             "free disk space, then retry"
         )
     else:
-        error = trio.BrokenResourceError(f"SQLite error {name}: {exc}")
+        error = BackendRefusedError("sqlite", f"SQLite error {name}: {exc}")
     error.__cause__ = exc
     return error
 
@@ -265,7 +266,7 @@ class SqliteDatabase:
 
         Raises:
             trio.ClosedResourceError: The database is closing or closed.
-            trio.BrokenResourceError: SQLite failed (disk full, I/O error, corruption...).
+            BackendRefusedError: SQLite failed (disk full, I/O error, corruption...).
         """
         # Acquiring yields even when a slot is free, and that yield matters: every
         # runnable caller reaches it in one scheduler pass, and they queue together in
@@ -295,7 +296,7 @@ class SqliteDatabase:
 
         Raises:
             trio.ClosedResourceError: The database is closing or closed.
-            trio.BrokenResourceError: SQLite failed.
+            BackendRefusedError: SQLite failed.
         """
         if self._closing:
             raise trio.ClosedResourceError("the SQLite database is closed")
@@ -572,7 +573,7 @@ async def open_sqlite(
 
     Error handling:
         Errors while opening (an unreadable or non-SQLite file) are raised as
-        :class:`trio.BrokenResourceError`.
+        :class:`~engine.errors.BackendRefusedError`.
     """
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f'synchronous must be "FULL" or "NORMAL", got {synchronous!r}')

@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -47,17 +46,19 @@ import attrs
 import orjson
 import trio
 
-from engine.drivers.nats import (
+from engine.drivers.nats import NatsConnection, Subscription, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg, StoredMsg
+from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    StoredMsg,
-    Subscription,
-    bounded_subject_token,
-    open_nats,
+    KV_OPERATION,
+    ApiError,
+    check_namespace,
+    is_kv_tombstone,
+    kv_bucket_config,
+    kv_stream,
 )
-from engine.errors import EskitError, LockNotHeldError
+from engine.drivers.nats_vocabulary import bounded_subject_token as lock_subject_token
+from engine.errors import BackendRefusedError, LockNotHeldError
 from engine.groups import unwrap_lone_errors
 from engine.locks.base import Lease
 
@@ -87,22 +88,12 @@ LOSS_FRACTION = 0.9
 #: Subject tokens longer than this are replaced by a digest.
 
 _TTL = "Nats-TTL"
-_OPERATION = "KV-Operation"
 _MARKER = "Nats-Marker-Reason"
-_WRONG_LAST_SEQUENCE = 10071
-_STREAM_NOT_FOUND = 10059
-_STREAM_NAME_IN_USE = 10058
 #: First pause of a waiter whose estimate passed while the key is still there, and of a
 #: renewal that failed for a network reason; both double.
 _FIRST_BACKOFF = 0.02
 #: Seconds a release may take before it is left to the TTL.
 _RELEASE_GRACE = 5.0
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def lock_subject_token(key: str) -> str:
-    """The subject token of ``key`` (see :func:`~engine.drivers.nats.bounded_subject_token`)."""
-    return bounded_subject_token(key)
 
 
 def _ttl_header(seconds: float) -> str:
@@ -122,7 +113,7 @@ def _parse_ttl(headers: Any, default: float) -> float:
 
 
 def _is_tombstone(headers: Any) -> bool:
-    return bool(headers) and (headers.get(_OPERATION) in ("DEL", "PURGE") or _MARKER in headers)
+    return is_kv_tombstone(headers) or (bool(headers) and _MARKER in headers)
 
 
 def _printable(text: str) -> str:
@@ -130,57 +121,31 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def _translate(exc: JetStreamApiError) -> EskitError:
+def _translate(exc: JetStreamApiError) -> BackendRefusedError:
     """The one place JetStream errors of the lock bucket become engine errors."""
-    return EskitError(f"the NATS lock bucket refused a request: {exc}")
+    return BackendRefusedError("nats", f"the NATS lock bucket refused a request: {exc}")
 
 
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
-    """The stream configuration of a lock bucket (a KV bucket with per-message TTL)."""
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "allow_msg_ttl": True,
-    }
-
-
 def _bucket(namespace: str) -> str:
-    if not _NAMESPACE_RE.fullmatch(namespace):
-        raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
-    return f"{namespace}_locks"
+    return f"{check_namespace(namespace)}_locks"
 
 
 async def ensure_nats_lock_bucket(
     connection: NatsConnection, namespace: str = DEFAULT_LOCK_NAMESPACE, *, replicas: int = 1
 ) -> None:
     """Create the lock bucket of ``namespace`` (or update it to allow per-key TTLs)."""
-    config = bucket_config(_bucket(namespace), replicas)
-    try:
-        await connection.api(f"$JS.API.STREAM.CREATE.{config['name']}", config)
-    except JetStreamApiError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-        await connection.api(f"$JS.API.STREAM.UPDATE.{config['name']}", config)
+    await connection.ensure_stream(
+        kv_bucket_config(_bucket(namespace), replicas, per_message_ttl=True)
+    )
 
 
 async def delete_nats_lock_bucket(connection: NatsConnection, namespace: str) -> None:
     """Delete the lock bucket of ``namespace`` (every lease in it ends)."""
-    try:
-        await connection.api(f"$JS.API.STREAM.DELETE.KV_{_bucket(namespace)}")
-    except JetStreamApiError as exc:
-        if exc.err_code != _STREAM_NOT_FOUND:
-            raise
+    await connection.delete_stream(kv_stream(_bucket(namespace)))
 
 
 @attrs.frozen
@@ -236,7 +201,7 @@ class NATSLockRegistry:
     @property
     def stream(self) -> str:
         """The JetStream stream behind the bucket."""
-        return f"KV_{self._bucket}"
+        return kv_stream(self._bucket)
 
     def subject(self, key: str) -> str:
         """The KV subject of ``key``."""
@@ -246,7 +211,7 @@ class NATSLockRegistry:
     async def hold(self, key: str) -> AsyncIterator[Lease]:
         """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`.
 
-        Waits through NATS outages. Raises :class:`~engine.errors.EskitError` if the
+        Waits through NATS outages. Raises :class:`~engine.errors.BackendRefusedError` if the
         server refuses the bucket's requests (the bucket was deleted, for example).
         """
         try:
@@ -272,8 +237,8 @@ class NATSLockRegistry:
         """See :meth:`LockRegistry.owner <engine.locks.base.LockRegistry.owner>`.
 
         Raises:
-            TimeoutError, ConnectionError: NATS did not answer.
-            EskitError: The server refused the request.
+            OutcomeUnknownError, BackendUnavailableError: NATS did not answer.
+            BackendRefusedError: The server refused the request.
         """
         try:
             entry = await self._read(self.subject(key))
@@ -313,7 +278,7 @@ class NATSLockRegistry:
             ack = await self._connection.publish(OutMsg(subject, value, headers))
             settled = True
         except JetStreamApiError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                 raise
             settled = True
             return None
@@ -337,7 +302,7 @@ class NATSLockRegistry:
 
     def _delete_headers(self, revision: int) -> dict[str, str]:
         return {
-            _OPERATION: "DEL",
+            KV_OPERATION: "DEL",
             EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision),
             _TTL: _ttl_header(self.ttl),
         }
@@ -429,7 +394,7 @@ class NATSLockRegistry:
                 try:
                     ack = await self._connection.publish(OutMsg(held.subject, held.value, headers))
                 except JetStreamApiError as exc:
-                    if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    if exc.err_code == ApiError.WRONG_LAST_SEQUENCE:
                         self._lose(held, "the key expired or changed hands")
                         return False
                     logger.warning("renewing %r failed: %s", held.lease.key, exc)
@@ -468,7 +433,7 @@ class NATSLockRegistry:
                     )
                     return
                 except JetStreamApiError as exc:
-                    if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                         logger.warning("releasing %r failed: %s", held.lease.key, exc)
                         return
                 entry = await self._read(held.subject)

@@ -52,7 +52,7 @@ from engine.drivers.postgres import (
     open_pg_session,
     run_pg_listener,
 )
-from engine.errors import EskitError, LockNotHeldError
+from engine.errors import BackendRefusedError, BackendUnavailableError, LockNotHeldError
 from engine.groups import unwrap_lone_errors
 from engine.locks.base import Lease
 
@@ -105,9 +105,9 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "\ufffd")
 
 
-def _translate(exc: BaseException) -> EskitError:
+def _translate(exc: BaseException) -> BackendRefusedError:
     """The one place database errors of a working lock session become engine errors."""
-    return EskitError(f"PostgreSQL lock registry: {exc}")
+    return BackendRefusedError("postgres", f"PostgreSQL lock registry: {exc}")
 
 
 def _default_owner() -> str:
@@ -276,7 +276,7 @@ class PgLockRegistry:
     async def hold(self, key: str) -> AsyncIterator[Lease]:
         """See :meth:`LockRegistry.hold <engine.locks.base.LockRegistry.hold>`.
 
-        Waits through lost connections. Raises :class:`~engine.errors.EskitError` if a
+        Waits through lost connections. Raises :class:`~engine.errors.BackendRefusedError` if a
         working session refuses the statements (permissions, a dropped table...).
         """
         slot = self._slots.setdefault(key, _Slot())
@@ -479,8 +479,8 @@ async def open_pg_lock_registry(
         application_name: The sessions' name in ``pg_stat_activity``.
 
     Raises:
-        trio.BrokenResourceError: The server cannot be reached or refused the login.
-        EskitError: The table could not be created (permissions, for example).
+        BackendUnavailableError: The server cannot be reached or refused the login.
+        BackendRefusedError: The table could not be created (permissions, for example).
 
     Resource handling:
         Owns a nursery with the session keeper (one dedicated connection) and a
@@ -513,7 +513,9 @@ async def open_pg_lock_registry(
         async with open_session() as session:
             await session.run(partial(_migrate, registry._queries, schema))
     except (psycopg.OperationalError, TimeoutError) as exc:
-        raise trio.BrokenResourceError(f"cannot open the PostgreSQL lock session: {exc}") from exc
+        raise BackendUnavailableError(
+            "postgres", f"cannot open the PostgreSQL lock session: {exc}"
+        ) from exc
     except psycopg.Error as exc:
         raise _translate(exc) from exc
     async with AsyncExitStack() as stack:

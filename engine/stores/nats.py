@@ -1,19 +1,7 @@
 """Event, snapshot and checkpoint stores on NATS JetStream.
 
-Layout, for a ``namespace`` such as ``eskit``:
-
-* One stream ``<namespace>_events`` (file storage, ``allow_atomic``, ``allow_direct``,
-  ``deny_delete``, ``deny_purge``) holds every event. Each event stream is one subject
-  ``<namespace>.ev.<token>``, where the token is the stream id's UTF-8 bytes in base64url
-  without padding: always a valid single subject token, so ``a.*`` never matches
-  ``a.b``. The message body (MessagePack) keeps the stream id verbatim, the version, the
-  event id, type, schema version, metadata, data and ``recorded_at``; the event's global
-  position is the message's stream sequence.
-* Idempotency keys live in the same stream on ``<namespace>.key.<sha256 of the key>``,
-  so that a key is written in the *same atomic batch* as the events it stands for.
-* Snapshots and checkpoints are KV buckets ``<namespace>_snapshots`` and
-  ``<namespace>_checkpoints`` (one value per key, revision compare-and-set; see
-  :mod:`engine.stores.nats_kv`).
+The layout (the stream, its subjects and message bodies, the KV buckets) is described
+and built in :mod:`engine.stores.nats_layout`.
 
 An append is one JetStream publish (one event) or one atomic batch (ADR-50; several
 events, or any events with an idempotency key). The first event carries
@@ -31,29 +19,24 @@ readers never see a position appear behind one they have read.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import datetime as dt
-import hashlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
-import msgspec
 import trio
 
 from engine.codec import Codec
-from engine.drivers.nats import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    MSG_ID,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    open_nats,
+from engine.drivers.nats import NatsConnection, open_nats
+from engine.drivers.nats_jetstream import JetStreamApiError
+from engine.drivers.nats_vocabulary import (
+    ApiError,
+    digest_token,
 )
+from engine.drivers.nats_vocabulary import subject_token as stream_subject_token
 from engine.errors import (
     ConcurrencyError,
     IdempotencyConflictError,
@@ -68,14 +51,23 @@ from engine.events import (
 )
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT
-from engine.stores.encoding import EncodedNewEvent, decode_event, encode_batch
+from engine.stores.encoding import EncodedNewEvent, decode_row, encode_batch
 from engine.stores.nats_kv import (
     KV_RETRIES,
-    WRONG_LAST_SEQUENCE,
     NatsCheckpointStore,
     NatsSnapshotStore,
-    kv_bucket_config,
-    subject_token,
+)
+from engine.stores.nats_layout import (
+    DEFAULT_DUPLICATE_WINDOW,
+    DEFAULT_NAMESPACE,
+    EventBody,
+    KeyBody,
+    Names,
+    append_messages,
+    body_decoder,
+    decode_body_event,
+    delete_nats_store,
+    ensure_nats_store,
 )
 
 __all__ = [
@@ -94,8 +86,6 @@ __all__ = [
 E = TypeVar("E")
 S = TypeVar("S")
 
-#: The namespace used when none is given.
-DEFAULT_NAMESPACE = "eskit"
 #: The most events one append can write atomically (the server's batch limit is 1000
 #: messages, and a keyed append needs one more for its key).
 MAX_ATOMIC_EVENTS = 999
@@ -107,55 +97,9 @@ LOAD_PAGE = 1000
 SEEK_AFTER_VERSION = 256
 #: Probes a seek may take before it settles for a longer scan.
 MAX_SEEK_PROBES = 64
-#: Seconds JetStream remembers event ids (``Nats-Msg-Id``), its own default.
-DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Retries of an ANY / STREAM_EXISTS append that keeps losing races, and of a batch
 #: refused because the server has too many batches in flight.
 MAX_RETRIES = KV_RETRIES
-
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-# JetStream error codes this store reacts to.
-_STREAM_NOT_FOUND = 10059
-_STREAM_NAME_IN_USE = 10058
-_BATCH_DUPLICATE_MSG_ID = 10201
-_BATCH_TOO_LARGE = 10199
-_TOO_MANY_BATCHES_IN_FLIGHT = 10210
-
-
-class _EventBody(msgspec.Struct, array_like=True, tag_field="kind", tag=1):
-    stream_id: str
-    version: int
-    event_id: bytes
-    type: str
-    schema: int
-    recorded_at: int  # microseconds since the Unix epoch, UTC
-    metadata: bytes
-    data: bytes
-
-
-class _KeyBody(msgspec.Struct, array_like=True, tag_field="kind", tag=2):
-    key: str
-    stream_id: str
-    count: int
-
-
-_encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(_EventBody | _KeyBody)
-
-
-def stream_subject_token(stream_id: str) -> str:
-    """The subject token of a stream id: base64url of its UTF-8 bytes, unpadded."""
-    return subject_token(stream_id)
-
-
-def _key_token(key: str) -> str:
-    # Keys may be any length; a digest keeps the subject short. The key itself is
-    # stored in the body and compared on read.
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 @attrs.frozen
@@ -170,32 +114,12 @@ class _Head:
 _NO_HEAD = _Head(0, 0)
 
 
-@attrs.frozen
-class _Names:
-    namespace: str
-    stream: str
-    events: str  # subject prefix, token appended
-    keys: str
-    snapshots: str  # KV bucket names
-    checkpoints: str
-
-    @classmethod
-    def of(cls, namespace: str) -> _Names:
-        if not _NAMESPACE_RE.fullmatch(namespace):
-            raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
-        return cls(
-            namespace=namespace,
-            stream=f"{namespace}_events",
-            events=f"{namespace}.ev.",
-            keys=f"{namespace}.key.",
-            snapshots=f"{namespace}_snapshots",
-            checkpoints=f"{namespace}_checkpoints",
-        )
-
-
 def _translate_api_error(exc: JetStreamApiError) -> Exception:
-    """The one place JetStream API errors that are not handled in place become engine errors."""
-    if exc.err_code == _BATCH_TOO_LARGE:
+    """The one place JetStream API errors that are not handled in place become engine errors.
+
+    Any other stays what it is: a :class:`~engine.errors.BackendRefusedError`.
+    """
+    if exc.err_code == ApiError.BATCH_TOO_LARGE:
         return ValueError(f"the append is larger than the server's atomic batch limit: {exc}")
     return exc
 
@@ -210,7 +134,7 @@ class NatsStore(Generic[E]):
 
     _connection: NatsConnection
     codec: Codec[E]
-    _names: _Names
+    _names: Names
     _checkpoints: NatsCheckpointStore
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     now: Callable[[], dt.datetime] = utc_now
@@ -242,9 +166,11 @@ class NatsStore(Generic[E]):
             IdempotencyConflictError: The key (or, within JetStream's duplicate
                 window, an event id) was used for another stream.
             ValueError: More than :data:`MAX_ATOMIC_EVENTS` events.
-            TimeoutError, ConnectionError: NATS did not answer; the append may or may
-                not have been stored (retrying with the same events is safe: a stored
-                event id is recognised).
+            OutcomeUnknownError: NATS did not answer, or the connection was lost; the
+                append may or may not have been stored (retrying with the same events
+                is safe: a stored event id is recognised).
+            BackendUnavailableError: NATS cannot be reached (nothing was stored).
+            BackendRefusedError: JetStream refused the append (nothing was stored).
         """
         encoded = encode_batch(self.codec, stream_id, events, max_event_bytes=self.max_event_bytes)
         if len(encoded) > MAX_ATOMIC_EVENTS:
@@ -292,12 +218,12 @@ class NatsStore(Generic[E]):
             try:
                 return await self._write(stream_id, encoded, head, key)
             except JetStreamApiError as exc:
-                if exc.err_code == _TOO_MANY_BATCHES_IN_FLIGHT:
+                if exc.err_code == ApiError.TOO_MANY_BATCHES_IN_FLIGHT:
                     await trio.sleep(0.01)
                     continue
-                if exc.err_code == _BATCH_DUPLICATE_MSG_ID:
+                if exc.err_code == ApiError.BATCH_DUPLICATE_MSG_ID:
                     return await self._already_stored(stream_id, encoded)
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
             # Someone wrote first: to the stream, or (a keyed append) to the key.
             if key is not None:
@@ -330,36 +256,10 @@ class NatsStore(Generic[E]):
     async def _write(
         self, stream_id: str, encoded: list[EncodedNewEvent], head: _Head, key: str | None
     ) -> list[Event[E]]:
-        subject = self._names.events + stream_subject_token(stream_id)
         recorded_at = self.now()
-        micros = (recorded_at - _EPOCH) // _MICROSECOND
-        messages: list[OutMsg] = []
-        if key is not None:
-            body = _encoder.encode(_KeyBody(key, stream_id, len(encoded)))
-            messages.append(
-                OutMsg(
-                    self._names.keys + _key_token(key),
-                    body,
-                    {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
-                )
-            )
-        for offset, event in enumerate(encoded):
-            headers = {MSG_ID: str(event.event_id)}
-            if offset == 0:
-                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(head.sequence)
-            body = _encoder.encode(
-                _EventBody(
-                    stream_id,
-                    head.version + offset + 1,
-                    event.event_id.bytes,
-                    event.type,
-                    event.schema_version,
-                    micros,
-                    event.metadata,
-                    event.data,
-                )
-            )
-            messages.append(OutMsg(subject, body, headers))
+        messages = append_messages(
+            self._names, stream_id, encoded, head.version, head.sequence, key, recorded_at
+        )
         if len(messages) == 1:
             ack = await self._connection.publish(messages[0])
         else:
@@ -375,7 +275,18 @@ class NatsStore(Generic[E]):
                 _Head(head.version + len(encoded), ack.sequence, encoded[-1].event_id),
             )
         return [
-            self._event(stream_id, head.version + offset + 1, first + offset, event, recorded_at)
+            decode_row(
+                self.codec,
+                stream_id,
+                head.version + offset + 1,
+                first + offset,
+                event.type,
+                event.schema_version,
+                event.data,
+                event.metadata,
+                event.event_id,
+                recorded_at,
+            )
             for offset, event in enumerate(encoded)
         ]
 
@@ -401,55 +312,34 @@ class NatsStore(Generic[E]):
         self, stream_id: str, event: EncodedNewEvent, sequence: int
     ) -> list[Event[E]]:
         message = await self._connection.direct_get(self._names.stream, sequence)
-        body = None if message is None else _body_decoder.decode(message.data)
-        if not isinstance(body, _EventBody) or body.event_id != event.event_id.bytes:
+        body = None if message is None else body_decoder.decode(message.data)
+        if not isinstance(body, EventBody) or body.event_id != event.event_id.bytes:
             raise RuntimeError(f"JetStream reported a duplicate at {sequence}, but it is not")
         if body.stream_id != stream_id:
             raise IdempotencyConflictError(f"event id {event.event_id}", stream_id, body.stream_id)
-        return [self._decode(body, sequence)]
-
-    def _event(
-        self,
-        stream_id: str,
-        version: int,
-        position: int,
-        event: EncodedNewEvent,
-        recorded_at: dt.datetime,
-    ) -> Event[E]:
-        return decode_event(
-            self.codec,
-            stream_id=stream_id,
-            version=version,
-            position=position,
-            type_name=event.type,
-            schema_version=event.schema_version,
-            data=event.data,
-            metadata=event.metadata,
-            event_id=event.event_id,
-            recorded_at=recorded_at,
-        )
+        return [decode_body_event(self.codec, body, sequence)]
 
     # -- idempotency keys --------------------------------------------------------------
 
-    async def _find_key(self, key: str) -> tuple[_KeyBody, int] | None:
+    async def _find_key(self, key: str) -> tuple[KeyBody, int] | None:
         message = await self._connection.direct_get_last(
-            self._names.stream, self._names.keys + _key_token(key)
+            self._names.stream, self._names.keys + digest_token(key)
         )
         if message is None:
             return None
-        body = _body_decoder.decode(message.data)
-        if not isinstance(body, _KeyBody) or body.key != key:
+        body = body_decoder.decode(message.data)
+        if not isinstance(body, KeyBody) or body.key != key:
             raise RuntimeError(f"idempotency key record {message.sequence} does not match {key!r}")
         return body, message.sequence
 
     async def _replay_key(
-        self, key: str, stream_id: str, body: _KeyBody, sequence: int
+        self, key: str, stream_id: str, body: KeyBody, sequence: int
     ) -> list[Event[E]]:
         if body.stream_id != stream_id:
             raise IdempotencyConflictError(key, stream_id, body.stream_id)
         return await self._events_after_key(body, sequence)
 
-    async def _events_after_key(self, body: _KeyBody, sequence: int) -> list[Event[E]]:
+    async def _events_after_key(self, body: KeyBody, sequence: int) -> list[Event[E]]:
         if body.count == 0:
             return []
         # The key was the first message of its batch; its events follow it directly.
@@ -492,11 +382,11 @@ class NatsStore(Generic[E]):
             )
             assert batch.headers is not None
             for data, headers in zip(batch.data, batch.headers, strict=True):
-                body = _body_decoder.decode(data)
-                if not isinstance(body, _EventBody):
+                body = body_decoder.decode(data)
+                if not isinstance(body, EventBody):
                     continue
                 if body.version > after_version:
-                    out.append(self._decode(body, int(headers["Nats-Sequence"])))
+                    out.append(decode_body_event(self.codec, body, int(headers["Nats-Sequence"])))
                 else:
                     to_skip -= 1
             if not batch.data or batch.num_pending == 0:
@@ -532,8 +422,8 @@ class NatsStore(Generic[E]):
             found = await self._connection.direct_get_last_before(
                 self._names.stream, subject, guess
             )
-            body = None if found is None else _body_decoder.decode(found.data)
-            found_version = body.version if isinstance(body, _EventBody) else 0
+            body = None if found is None else body_decoder.decode(found.data)
+            found_version = body.version if isinstance(body, EventBody) else 0
             if found is None or found_version < version:
                 low, low_version = guess, found_version
             else:
@@ -551,8 +441,8 @@ class NatsStore(Generic[E]):
         )
         if message is None:
             return _NO_HEAD
-        body = _body_decoder.decode(message.data)
-        if not isinstance(body, _EventBody):
+        body = body_decoder.decode(message.data)
+        if not isinstance(body, EventBody):
             raise RuntimeError(f"message {message.sequence} on an event subject is not an event")
         head = _Head(body.version, message.sequence, uuid.UUID(bytes=body.event_id))
         self._remember(stream_id, head)
@@ -607,9 +497,9 @@ class NatsStore(Generic[E]):
             sequences = [int(headers["Nats-Sequence"]) for headers in batch.headers]
         events = []
         for data, sequence in zip(batch.data, sequences, strict=True):
-            body = _body_decoder.decode(data)
-            if isinstance(body, _EventBody):
-                events.append(self._decode(body, sequence))
+            body = body_decoder.decode(data)
+            if isinstance(body, EventBody):
+                events.append(decode_body_event(self.codec, body, sequence))
         return events, batch.last_sequence
 
     async def head_position(self) -> int:
@@ -618,20 +508,6 @@ class NatsStore(Generic[E]):
             self._names.stream, self._names.events + "*"
         )
         return 0 if message is None else message.sequence
-
-    def _decode(self, body: _EventBody, position: int) -> Event[E]:
-        return decode_event(
-            self.codec,
-            stream_id=body.stream_id,
-            version=body.version,
-            position=position,
-            type_name=body.type,
-            schema_version=body.schema,
-            data=body.data,
-            metadata=body.metadata,
-            event_id=uuid.UUID(bytes=body.event_id),
-            recorded_at=_EPOCH + body.recorded_at * _MICROSECOND,
-        )
 
     # -- snapshots and checkpoints --------------------------------------------------------
 
@@ -650,59 +526,6 @@ class NatsStore(Generic[E]):
             CheckpointConflictError: Another writer saved since ``expected`` was read.
         """
         await self._checkpoints.save_checkpoint(name, position, expected=expected)
-
-
-def _event_stream_config(names: _Names, replicas: int, duplicate_window: float) -> dict[str, Any]:
-    return {
-        "name": names.stream,
-        "subjects": [names.events + "*", names.keys + "*"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "allow_atomic": True,
-        "allow_direct": True,
-        "duplicate_window": int(duplicate_window * 1e9),
-        # An event log is append-only: nothing may be removed from the middle.
-        "deny_delete": True,
-        "deny_purge": True,
-    }
-
-
-async def _ensure_stream(connection: NatsConnection, config: dict[str, Any]) -> None:
-    name = config["name"]
-    try:
-        await connection.api(f"$JS.API.STREAM.CREATE.{name}", config)
-    except JetStreamApiError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-        # It exists with other settings (an older eskit, or an operator's edits):
-        # bring the ones this store relies on into line.
-        await connection.api(f"$JS.API.STREAM.UPDATE.{name}", config)
-
-
-async def ensure_nats_store(
-    connection: NatsConnection,
-    namespace: str = DEFAULT_NAMESPACE,
-    *,
-    replicas: int = 1,
-    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
-) -> None:
-    """Create (or update) the event stream and the two KV buckets of ``namespace``."""
-    names = _Names.of(namespace)
-    await _ensure_stream(connection, _event_stream_config(names, replicas, duplicate_window))
-    await _ensure_stream(connection, kv_bucket_config(names.snapshots, replicas))
-    await _ensure_stream(connection, kv_bucket_config(names.checkpoints, replicas))
-
-
-async def delete_nats_store(connection: NatsConnection, namespace: str) -> None:
-    """Delete the event stream and KV buckets of ``namespace`` (all its data)."""
-    names = _Names.of(namespace)
-    for stream in (names.stream, f"KV_{names.snapshots}", f"KV_{names.checkpoints}"):
-        try:
-            await connection.api(f"$JS.API.STREAM.DELETE.{stream}")
-        except JetStreamApiError as exc:
-            if exc.err_code != _STREAM_NOT_FOUND:
-                raise
 
 
 @unwrap_lone_errors
@@ -738,7 +561,7 @@ async def open_nats_store(
         ValueError: The namespace is not a valid name, or ``max_event_bytes`` does not
             fit the server's ``max_payload``.
     """
-    names = _Names.of(namespace)
+    names = Names.of(namespace)
     async with contextlib.AsyncExitStack() as stack:
         if isinstance(url_or_connection, str):
             connection = await stack.enter_async_context(

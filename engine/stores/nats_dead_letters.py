@@ -25,14 +25,15 @@ what a listing returns and checks.
   is left behind.
 
 The bucket is created on first use. JetStream API errors are translated in
-:func:`_translate`; the driver's own :class:`TimeoutError` and :class:`ConnectionError`
-pass through as they do from the other NATS adapters. What is kept of a letter is shared
+:func:`_translate` (into :class:`~engine.errors.BackendRefusedError`); the driver's
+:class:`~engine.errors.OutcomeUnknownError` and
+:class:`~engine.errors.BackendUnavailableError` pass through as they do from the other
+NATS adapters (the backend error policy, docs/runtime.md). What is kept of a letter is shared
 by every durable backend: see :mod:`engine.stores.dead_letter_encoding`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final, TypeVar
@@ -40,14 +41,17 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
-from engine.drivers.nats import (
+from engine.drivers.nats import NatsConnection
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg
+from engine.drivers.nats_vocabulary import (
     MAX_TOKEN_LENGTH,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
     bounded_subject_token,
+    check_namespace,
+    is_kv_tombstone,
+    kv_bucket_config,
+    kv_stream,
 )
-from engine.errors import EskitError
+from engine.errors import BackendRefusedError
 from engine.stores.base import DeadLetter
 from engine.stores.dead_letter_encoding import (
     check_runner,
@@ -55,14 +59,12 @@ from engine.stores.dead_letter_encoding import (
     letter_to_json,
     storable_letter,
 )
-from engine.stores.nats_kv import kv_bucket_config
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "NatsDeadLetterStore",
     "delete_nats_dead_letters",
     "nats_dead_letters",
-    "runner_token",
 ]
 
 T = TypeVar("T")
@@ -71,26 +73,14 @@ T = TypeVar("T")
 #: Messages per direct-get request while listing.
 LIST_PAGE: Final = 1000
 
-_OPERATION: Final = "KV-Operation"
-_STREAM_NAME_IN_USE: Final = 10058
-_STREAM_NOT_FOUND: Final = 10059
-_NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def runner_token(runner: str) -> str:
-    """The subject token of ``runner`` (see :func:`~engine.drivers.nats.bounded_subject_token`)."""
-    return bounded_subject_token(runner)
-
 
 def _bucket(namespace: str) -> str:
-    if not _NAMESPACE_RE.fullmatch(namespace):
-        raise ValueError(f"a NATS namespace must match [A-Za-z0-9_-]+, got {namespace!r}")
-    return f"{namespace}_dead_letters"
+    return f"{check_namespace(namespace)}_dead_letters"
 
 
-def _translate(exc: JetStreamApiError) -> EskitError:
+def _translate(exc: JetStreamApiError) -> BackendRefusedError:
     """The one place JetStream errors of the dead-letter bucket become engine errors."""
-    return EskitError(f"the NATS dead-letter bucket refused a request: {exc}")
+    return BackendRefusedError("nats", f"the NATS dead-letter bucket refused a request: {exc}")
 
 
 @attrs.define(eq=False)
@@ -110,11 +100,11 @@ class NatsDeadLetterStore:
     @property
     def stream(self) -> str:
         """The JetStream stream behind the bucket."""
-        return f"KV_{self.bucket}"
+        return kv_stream(self.bucket)
 
     def subject(self, runner: str, position: int) -> str:
         """The subject of one letter's key."""
-        return f"$KV.{self.bucket}.{runner_token(runner)}.{position}"
+        return f"$KV.{self.bucket}.{bounded_subject_token(runner)}.{position}"
 
     async def park(self, letter: DeadLetter) -> None:
         """Record ``letter``, replacing the one of the same ``(runner, position)``.
@@ -122,7 +112,7 @@ class NatsDeadLetterStore:
         Raises:
             ValueError: A name holds NUL or an unpaired surrogate, or ``parked_at`` is
                 naive (see :mod:`engine.stores.dead_letter_encoding`).
-            EskitError: JetStream refused the write.
+            BackendRefusedError: JetStream refused the write.
         """
         kept = storable_letter(letter)
         message = OutMsg(self.subject(kept.runner, int(kept.position)), letter_to_json(kept))
@@ -134,7 +124,7 @@ class NatsDeadLetterStore:
             subject = f"$KV.{self.bucket}.>"
         else:
             check_runner(runner)
-            subject = f"$KV.{self.bucket}.{runner_token(runner)}.*"
+            subject = f"$KV.{self.bucket}.{bounded_subject_token(runner)}.*"
         letters: list[DeadLetter] = []
         start = 1
         while True:
@@ -151,7 +141,7 @@ class NatsDeadLetterStore:
                 break
             assert batch.headers is not None
             for data, headers in zip(batch.data, batch.headers, strict=True):
-                if headers.get(_OPERATION) in ("DEL", "PURGE"):
+                if is_kv_tombstone(headers):
                     continue  # deleted with ``nats kv`` by an operator
                 letter = letter_from_json(data)
                 if runner is None or letter.runner == runner:
@@ -189,15 +179,7 @@ class NatsDeadLetterStore:
                 self._ready = True
 
     async def _create_bucket(self) -> None:
-        config = kv_bucket_config(self.bucket, self.replicas)
-        try:
-            await self._connection.api(f"$JS.API.STREAM.CREATE.{self.stream}", config)
-        except JetStreamApiError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-            # It exists (created by another node, or edited by an operator): bring the
-            # settings this store relies on into line.
-            await self._connection.api(f"$JS.API.STREAM.UPDATE.{self.stream}", config)
+        await self._connection.ensure_stream(kv_bucket_config(self.bucket, self.replicas))
 
 
 def nats_dead_letters(
@@ -219,7 +201,6 @@ def nats_dead_letters(
 async def delete_nats_dead_letters(connection: NatsConnection, namespace: str) -> None:
     """Delete the dead-letter bucket of ``namespace`` (every letter in it)."""
     try:
-        await connection.api(f"$JS.API.STREAM.DELETE.KV_{_bucket(namespace)}")
+        await connection.delete_stream(kv_stream(_bucket(namespace)))
     except JetStreamApiError as exc:
-        if exc.err_code != _STREAM_NOT_FOUND:
-            raise _translate(exc) from exc
+        raise _translate(exc) from exc

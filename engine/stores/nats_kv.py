@@ -9,19 +9,20 @@ key's revision (its stream sequence) with ``Nats-Expected-Last-Subject-Sequence`
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Generic, TypeVar
 
 import attrs
 import msgspec
 
 from engine.codec import Codec
-from engine.drivers.nats import (
+from engine.drivers.nats import NatsConnection
+from engine.drivers.nats_jetstream import JetStreamApiError, OutMsg, StoredMsg
+from engine.drivers.nats_vocabulary import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
-    JetStreamApiError,
-    NatsConnection,
-    OutMsg,
-    StoredMsg,
+    ApiError,
+    is_kv_tombstone,
+    kv_stream,
+    subject_token,
 )
 from engine.errors import CheckpointConflictError
 from engine.events import validate_stream_id
@@ -29,40 +30,14 @@ from engine.stores.base import Snapshot
 
 __all__ = [
     "KV_RETRIES",
-    "WRONG_LAST_SEQUENCE",
     "NatsCheckpointStore",
     "NatsSnapshotStore",
-    "kv_bucket_config",
-    "subject_token",
 ]
 
 S = TypeVar("S")
 
-#: JetStream's error code for a failed ``Nats-Expected-Last-*`` check.
-WRONG_LAST_SEQUENCE = 10071
 #: Compare-and-set attempts before a writer that keeps losing races gives up.
 KV_RETRIES = 64
-
-
-def subject_token(text: str) -> str:
-    """``text`` as one valid subject token: base64url of its UTF-8 bytes, unpadded."""
-    return base64.urlsafe_b64encode(text.encode("utf-8")).rstrip(b"=").decode("ascii")
-
-
-def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
-    """The stream configuration of a one-value-per-key KV bucket on file storage."""
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "storage": "file",
-        "retention": "limits",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
-    }
 
 
 def _kv_subject(bucket: str, key: str) -> str:
@@ -72,8 +47,8 @@ def _kv_subject(bucket: str, key: str) -> str:
 
 
 async def _kv_get(connection: NatsConnection, bucket: str, key: str) -> StoredMsg | None:
-    message = await connection.direct_get_last(f"KV_{bucket}", _kv_subject(bucket, key))
-    if message is None or message.headers.get("KV-Operation") in ("DEL", "PURGE"):
+    message = await connection.direct_get_last(kv_stream(bucket), _kv_subject(bucket, key))
+    if message is None or is_kv_tombstone(message.headers):
         return None
     return message
 
@@ -122,7 +97,7 @@ class NatsSnapshotStore(Generic[S]):
                 )
                 return
             except JetStreamApiError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
         raise RuntimeError(f"snapshot of {snapshot.stream_id!r} kept losing races")
 
@@ -181,7 +156,7 @@ class NatsCheckpointStore:
                     )
                 )
             except JetStreamApiError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != ApiError.WRONG_LAST_SEQUENCE:
                     raise
                 # Written since: compare the value again (it may be ``expected`` still).
                 known = None

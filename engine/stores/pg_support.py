@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import hashlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -31,8 +32,14 @@ import trio
 from psycopg import sql
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from engine.drivers.postgres import PgConnection, PgPool, run_pg_listener
-from engine.errors import EskitError, StorageFullError
+from engine.drivers.postgres import PgConnection, PgPool, open_pg_pool, run_pg_listener
+from engine.errors import (
+    BackendRefusedError,
+    BackendUnavailableError,
+    EskitError,
+    OutcomeUnknownError,
+    StorageFullError,
+)
 
 __all__ = [
     "GroupRequest",
@@ -71,8 +78,19 @@ def connection_lost(exc: BaseException) -> bool:
     return state is None or state.startswith(("08", "57P"))
 
 
+#: SQLSTATE ``disk_full``.
+_DISK_FULL = "53100"
+
+
 def translate(exc: BaseException, *, closed: str, retry_hint: str) -> BaseException:
     """Turn a psycopg error into an engine error (others are returned unchanged).
+
+    The PostgreSQL choke point of the backend error policy (docs/runtime.md): a closed
+    pool is ``trio.ClosedResourceError``; no connection in time
+    :class:`~engine.errors.BackendUnavailableError`; a connection lost or refused while
+    a call was in flight :class:`~engine.errors.OutcomeUnknownError`; a full disk
+    :class:`~engine.errors.StorageFullError`; any other database error
+    :class:`~engine.errors.BackendRefusedError`.
 
     Args:
         exc: The exception caught around a driver call.
@@ -88,14 +106,84 @@ def translate(exc: BaseException, *, closed: str, retry_hint: str) -> BaseExcept
             f"the PostgreSQL database is full ({exc}): nothing was written; "
             "free disk space, then retry"
         )
-    if connection_lost(exc):
-        return trio.BrokenResourceError(
-            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
-            f"or may not have been stored: {retry_hint}"
+    if isinstance(exc, PoolTimeout):
+        return BackendUnavailableError(
+            "postgres", f"no PostgreSQL connection in time ({exc}); nothing was sent"
         )
+    if connection_lost(exc):
+        return OutcomeUnknownError(
+            "postgres",
+            f"PostgreSQL connection lost or unavailable ({exc}); an append in flight may "
+            f"or may not have been stored: {retry_hint}",
+        )
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == _DISK_FULL:
+        return StorageFullError(f"PostgreSQL has no room left: {exc}")
     if isinstance(exc, psycopg.Error):
-        return EskitError(f"PostgreSQL error: {exc}")
+        return BackendRefusedError("postgres", f"PostgreSQL error: {exc}")
     return exc
+
+
+def write_each_on_failure(
+    write: Callable[[Sequence[A]], Sequence[R]],
+    group: Sequence[A],
+    *,
+    alone: Callable[[A, psycopg.Error], R | BaseException] | None = None,
+) -> list[R | BaseException]:
+    """One group commit (runs in a worker thread): ``write(group)``, one row per request.
+
+    A group that fails as a whole for a reason other than a lost connection is written
+    again one request at a time, so that each request gets its own result: a row, or the
+    error ``alone(request, error)`` makes of its failure (the error itself by default).
+
+    Raises:
+        psycopg.Error: The connection was lost (the caller translates it).
+    """
+    try:
+        return list(write(group))
+    except psycopg.Error as exc:
+        if connection_lost(exc):
+            raise
+        if len(group) == 1:
+            return [exc if alone is None else alone(group[0], exc)]
+    results: list[R | BaseException] = []
+    for request in group:
+        results.extend(write_each_on_failure(write, [request], alone=alone))
+    return results
+
+
+def translate_opening(exc: BaseException, *, closed: str) -> BaseException:
+    """:func:`translate` for errors while a store opens: nothing was applied yet, so a
+    server that cannot be reached is :class:`~engine.errors.BackendUnavailableError`."""
+    if connection_lost(exc) and not isinstance(exc, PoolClosed):
+        return BackendUnavailableError("postgres", f"cannot reach PostgreSQL: {exc}")
+    return translate(exc, closed=closed, retry_hint="open the store again")
+
+
+async def open_migrated_pool(
+    stack: AsyncExitStack,
+    dsn: str,
+    migration: Callable[[PgConnection], object] | None,
+    *,
+    min_size: int,
+    max_size: int,
+    name: str,
+    closed: str,
+) -> PgPool:
+    """Open a pool on ``dsn`` into ``stack`` and run ``migration`` on it, if any.
+
+    Raises:
+        BackendUnavailableError: The server cannot be reached or refused the login.
+        BackendRefusedError: The migration failed (rights, a newer schema...).
+    """
+    try:
+        pool = await stack.enter_async_context(
+            open_pg_pool(dsn, min_size=min_size, max_size=max_size, name=name)
+        )
+        if migration is not None:
+            await pool.run(migration)
+    except psycopg.Error as exc:
+        raise translate_opening(exc, closed=closed) from exc
+    return pool
 
 
 # -- SQL composition and blocking units -------------------------------------------------
@@ -421,3 +509,51 @@ class GroupWriter(Generic[A, R]):
             if not request.done.is_set():
                 request.result = trio.ClosedResourceError(message)
                 request.done.set()
+
+
+@attrs.frozen
+class GroupCommit(Generic[A, R]):
+    """A running group-commit writer: where appends are queued, and the head they move.
+
+    Attributes:
+        writer: The writer task's statistics.
+        requests: Queue an append here (the writer answers on the request).
+        head: The store's committed head, with its LISTEN connection.
+    """
+
+    writer: GroupWriter[A, R]
+    requests: trio.MemorySendChannel[GroupRequest[A, R]]
+    head: HeadTracker
+
+
+@asynccontextmanager
+async def open_group_commit(
+    pool: PgPool,
+    take: Callable[[deque[GroupRequest[A, R]]], list[GroupRequest[A, R]]],
+    write: Callable[[Sequence[A], PgConnection], Sequence[R | BaseException]],
+    *,
+    max_requests: int,
+    buffer: int,
+    closed_message: str,
+    dsn: str,
+    channel: str,
+    listen_name: str,
+    translate: Callable[[BaseException], BaseException],
+) -> AsyncIterator[GroupCommit[A, R]]:
+    """Run a store's group-commit writer (and, once waited on, its LISTEN task).
+
+    Resource handling:
+        Owns a nursery with the writer and the head's LISTEN task; on exit the queue
+        closes (appenders still waiting get ``trio.ClosedResourceError`` with
+        ``closed_message``) and both tasks are cancelled.
+    """
+    async with trio.open_nursery() as nursery:
+        send, receive = trio.open_memory_channel[GroupRequest[A, R]](buffer)
+        writer = GroupWriter(pool, take, write, max_requests, closed_message=closed_message)
+        head = HeadTracker(nursery, dsn, channel, listen_name, translate)
+        nursery.start_soon(writer.run, receive)
+        try:
+            yield GroupCommit(writer, send, head)
+        finally:
+            send.close()
+            nursery.cancel_scope.cancel()

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import psycopg
-import trio
 
 from engine.codec import Codec
 from engine.drivers.postgres import (
@@ -49,7 +48,6 @@ from engine.drivers.postgres import (
     DEFAULT_MIN_POOL_SIZE,
     PgConnection,
     PgPool,
-    open_pg_pool,
 )
 from engine.errors import (
     CheckpointConflictError,
@@ -61,7 +59,13 @@ from engine.events import Event, ExpectedVersion, NewEvent, utc_now, validate_st
 from engine.groups import unwrap_lone_errors
 from engine.stores.base import DEFAULT_MAX_EVENT_BYTES, DEFAULT_READ_LIMIT, Snapshot
 from engine.stores.encoding import decode_event, encode_batch
-from engine.stores.pg_support import GroupRequest, GroupWriter, HeadTracker, translate
+from engine.stores.pg_support import (
+    GroupCommit,
+    GroupRequest,
+    open_group_commit,
+    open_migrated_pool,
+    translate,
+)
 from engine.stores.postgres_sql import (
     STATUS_CONFLICT,
     STATUS_KEY_CONFLICT,
@@ -126,6 +130,25 @@ class PostgresStoreStatistics:
     largest_group: int
 
 
+def _raise_refusal(
+    status: int,
+    args: AppendArgs,
+    expected_version: int | ExpectedVersion,
+    version: int,
+    other: str | None,
+) -> None:
+    """Raise the engine error of an append the server function refused (a version or
+    key conflict, or a status it should never return); return for a write or a replay."""
+    if status == STATUS_CONFLICT:
+        raise ConcurrencyError(args.stream_id, expected_version, version)
+    if status == STATUS_KEY_CONFLICT:
+        assert args.key is not None
+        assert other is not None
+        raise IdempotencyConflictError(args.key, args.stream_id, other)
+    if status not in (STATUS_OK, STATUS_REPLAY):
+        raise EskitError(f"append_events returned an unknown status {status}")
+
+
 def _translate(exc: BaseException) -> BaseException:
     """The one place psycopg errors become engine errors."""
     return translate(
@@ -172,9 +195,7 @@ class PostgresStore(Generic[E]):
     _pool: PgPool
     _read_pool: PgPool
     _queries: Queries
-    _requests: trio.MemorySendChannel[_AppendRequest]
-    _head: HeadTracker
-    _writer: GroupWriter[AppendArgs, AppendRow]
+    _commit: GroupCommit[AppendArgs, AppendRow]
 
     # -- EventStore ------------------------------------------------------------------
 
@@ -192,7 +213,7 @@ class PostgresStore(Generic[E]):
         Raises:
             ConcurrencyError: The expected version does not match.
             IdempotencyConflictError: The key was used for another stream.
-            trio.BrokenResourceError: The connection was lost; the append may or may not
+            OutcomeUnknownError: The connection was lost; the append may or may not
                 have been stored.
             trio.ClosedResourceError: The store is closed.
         """
@@ -202,7 +223,7 @@ class PostgresStore(Generic[E]):
             raise TypeError(f"idempotency_key must be a str, got {idempotency_key!r}")
         args = AppendArgs(stream_id, code, idempotency_key, encoded, self.now())
         request = _AppendRequest(args, sum(len(e.data) + len(e.metadata) for e in encoded))
-        await self._requests.send(request)
+        await self._commit.requests.send(request)
         result = await request.wait()
         if isinstance(result, psycopg.Error):
             raise _translate(result) from result
@@ -210,22 +231,15 @@ class PostgresStore(Generic[E]):
             raise result
         assert result is not None
         status, version, other, positions = result
+        _raise_refusal(status, args, expected_version, version, other)
         if status == STATUS_OK:
             stored = _decode_appended(self.codec, request.args, version, positions or [])
             if stored:
-                self._head.advance(stored[-1].position)
+                self._commit.head.advance(stored[-1].position)
             return stored
-        if status == STATUS_CONFLICT:
-            raise ConcurrencyError(stream_id, expected_version, version)
-        if status == STATUS_KEY_CONFLICT:
-            assert idempotency_key is not None
-            assert other is not None
-            raise IdempotencyConflictError(idempotency_key, stream_id, other)
-        if status == STATUS_REPLAY:
-            assert idempotency_key is not None
-            replayed = await self.find_idempotent(idempotency_key)
-            return replayed or []
-        raise EskitError(f"append_events returned an unknown status {status}")
+        assert idempotency_key is not None  # a replay
+        replayed = await self.find_idempotent(idempotency_key)
+        return replayed or []
 
     async def load(
         self, stream_id: str, *, after_version: int = 0, limit: int | None = None
@@ -275,7 +289,7 @@ class PostgresStore(Generic[E]):
         first use. Bound the wait with ``trio.move_on_after``; a follower typically
         reads until ``read_all`` comes back empty, then waits here.
         """
-        await self._head.wait_above(after_position, self.head_position)
+        await self._commit.head.wait_above(after_position, self.head_position)
 
     # -- CheckpointStore ---------------------------------------------------------------
 
@@ -315,7 +329,7 @@ class PostgresStore(Generic[E]):
 
     def statistics(self) -> PostgresStoreStatistics:
         """Counters of the group-commit writer."""
-        writer = self._writer
+        writer = self._commit.writer
         return PostgresStoreStatistics(writer.groups, writer.appends, writer.largest_group)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -410,15 +424,10 @@ def append_in_transaction(
     args = AppendArgs(stream_id, expected_code(expected_version), idempotency_key, encoded, now())
     q = Queries.for_schema(schema)
     ((status, version, other, positions),) = call_append(q, conn, [args])
+    _raise_refusal(status, args, expected_version, version, other)
     if status == STATUS_OK:
         return _decode_appended(codec, args, version, positions or [])
-    if status == STATUS_CONFLICT:
-        raise ConcurrencyError(stream_id, expected_version, version)
-    if status == STATUS_KEY_CONFLICT:
-        assert idempotency_key is not None
-        assert other is not None
-        raise IdempotencyConflictError(idempotency_key, stream_id, other)
-    assert idempotency_key is not None
+    assert idempotency_key is not None  # a replay
     return fetch_idempotent(codec, q, idempotency_key, conn) or []
 
 
@@ -453,7 +462,7 @@ async def open_postgres_store(
         now: Wall clock for ``recorded_at``.
 
     Raises:
-        trio.BrokenResourceError: The server cannot be reached or refused the login.
+        BackendUnavailableError: The server cannot be reached or refused the login.
         EskitError: The schema was migrated by a newer eskit, or a database error.
 
     Resource handling:
@@ -463,45 +472,42 @@ async def open_postgres_store(
     """
     queries = Queries.for_schema(schema)
     async with AsyncExitStack() as stack:
-        try:
-            pool = await stack.enter_async_context(
-                open_pg_pool(dsn, min_size=min_pool_size, max_size=max_pool_size, name=name)
+        closed = "the PostgreSQL store is closed"
+        pool = await open_migrated_pool(
+            stack,
+            dsn,
+            partial(migrate, queries),
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            name=name,
+            closed=closed,
+        )
+        read_pool = pool
+        if read_dsn is not None:
+            read_pool = await open_migrated_pool(
+                stack, read_dsn, None, min_size=1, max_size=read_pool_size, name=name, closed=closed
             )
-            await pool.run(partial(migrate, queries))
-            read_pool = pool
-            if read_dsn is not None:
-                read_pool = await stack.enter_async_context(
-                    open_pg_pool(read_dsn, min_size=1, max_size=read_pool_size, name=name)
-                )
-        except psycopg.Error as exc:
-            raise _translate(exc) from exc
-        async with trio.open_nursery() as nursery:
-            send, receive = trio.open_memory_channel[_AppendRequest](REQUEST_BUFFER)
-            writer = GroupWriter(
-                pool,
-                _take_group,
-                partial(write_group, queries),
-                MAX_GROUP_REQUESTS,
-                closed_message=(
-                    "the PostgreSQL store closed before this append finished; "
-                    "it may or may not have been stored"
-                ),
-            )
-            head = HeadTracker(nursery, dsn, queries.channel, f"{name}-listen", _translate)
-            store = PostgresStore(
+        async with open_group_commit(
+            pool,
+            _take_group,
+            partial(write_group, queries),
+            max_requests=MAX_GROUP_REQUESTS,
+            buffer=REQUEST_BUFFER,
+            closed_message=(
+                "the PostgreSQL store closed before this append finished; "
+                "it may or may not have been stored"
+            ),
+            dsn=dsn,
+            channel=queries.channel,
+            listen_name=f"{name}-listen",
+            translate=_translate,
+        ) as commit:
+            yield PostgresStore(
                 codec=codec,
                 max_event_bytes=max_event_bytes,
                 now=now,
                 pool=pool,
                 read_pool=read_pool,
                 queries=queries,
-                requests=send,
-                head=head,
-                writer=writer,
+                commit=commit,
             )
-            nursery.start_soon(writer.run, receive)
-            try:
-                yield store
-            finally:
-                send.close()
-                nursery.cancel_scope.cancel()

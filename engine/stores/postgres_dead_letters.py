@@ -13,7 +13,7 @@ it is not one of the store's numbered migrations. Each operation is one transact
 the store's pool, reached through :meth:`PostgresStore.transactional
 <engine.stores.postgres.PostgresStore.transactional>` (the same pool, schema and error
 translation as the store's read-model transactions: psycopg errors become
-:class:`~engine.errors.EskitError`, a lost connection :class:`trio.BrokenResourceError`).
+:class:`~engine.errors.EskitError`, a lost connection :class:`~engine.errors.OutcomeUnknownError`).
 Parking is rare, so the extra thread hop of a transaction costs nothing that matters.
 
 Runners are listed in code point order (``COLLATE "C"``, UTF-8 byte order), whatever the
@@ -171,8 +171,8 @@ class PostgresDeadLetterStore:
         Raises:
             ValueError: A name holds NUL or an unpaired surrogate, or ``parked_at`` is
                 naive (see :mod:`engine.stores.dead_letter_encoding`).
-            EskitError: A database error.
-            trio.BrokenResourceError: The connection was lost (the letter may or may not
+            BackendRefusedError: A database error.
+            OutcomeUnknownError: The connection was lost (the letter may or may not
                 be stored; parking it again is harmless).
         """
         kept = storable_letter(letter)

@@ -34,6 +34,7 @@ from engine.stores.pg_support import (
     fetch_one,
     migrate_schema,
     plpgsql_function,
+    write_each_on_failure,
 )
 
 __all__ = [
@@ -427,24 +428,17 @@ def call_append(q: Queries, conn: PgConnection, group: Sequence[AppendArgs]) -> 
 def write_group(
     q: Queries, group: Sequence[AppendArgs], conn: PgConnection
 ) -> list[AppendRow | BaseException]:
-    """One group commit (runs in a worker thread). A group that fails as a whole for a
-    reason other than a lost connection is retried one append at a time, so that each
-    append gets its own result."""
-    try:
-        return list(call_append(q, conn, group))
-    except psycopg.Error as exc:
-        if connection_lost(exc):
-            raise
-        if len(group) == 1:
-            if isinstance(exc, pg_errors.UniqueViolation):
-                # A writer that bypassed the append lock took the version first.
-                actual = conn.execute(q.stream_version, [group[0].stream_id]).fetchone()
-                return [(STATUS_CONFLICT, actual[0] if actual else 0, None, None)]
-            return [exc]
-    results: list[AppendRow | BaseException] = []
-    for request in group:
-        results.extend(write_group(q, [request], conn))
-    return results
+    """One group commit (runs in a worker thread; see
+    :func:`~engine.stores.pg_support.write_each_on_failure`)."""
+
+    def alone(request: AppendArgs, exc: psycopg.Error) -> AppendRow | BaseException:
+        if isinstance(exc, pg_errors.UniqueViolation):
+            # A writer that bypassed the append lock took the version first.
+            actual = conn.execute(q.stream_version, [request.stream_id]).fetchone()
+            return (STATUS_CONFLICT, actual[0] if actual else 0, None, None)
+        return exc
+
+    return write_each_on_failure(partial(call_append, q, conn), group, alone=alone)
 
 
 def fetch_events(

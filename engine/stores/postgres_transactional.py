@@ -34,7 +34,7 @@ import trio
 from psycopg import sql
 
 from engine.drivers.postgres import DEFAULT_CANCEL_GRACE, PgConnection, PgPool
-from engine.errors import CheckpointConflictError
+from engine.errors import CheckpointConflictError, OutcomeUnknownError
 from engine.stores.pg_support import translate
 from engine.stores.postgres_sql import Queries, save_checkpoint
 
@@ -168,13 +168,13 @@ class PostgresTransaction:
         such as ``cursor.executemany``); ``fn`` must not commit or roll back.
 
         Raises:
-            EskitError: A database error (the transaction must then be left: it rolls
+            BackendRefusedError: A database error (the transaction must then be left: it rolls
                 back).
-            trio.BrokenResourceError: The connection was lost.
+            OutcomeUnknownError: The connection was lost.
         """
         if self._serving.done.is_set():
             await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("the PostgreSQL transaction has ended")
+            raise OutcomeUnknownError("postgres", "the PostgreSQL transaction has ended")
         job = _Job(fn)
         self._serving.pending.add(job)
         self._send.send_nowait(job)
@@ -231,7 +231,9 @@ class _Serving:
     pending: set[_Job] = attrs.field(factory=set)
 
     def fail_pending(self) -> None:
-        error = self.error or trio.BrokenResourceError("the PostgreSQL transaction has ended")
+        error = self.error or OutcomeUnknownError(
+            "postgres", "the PostgreSQL transaction has ended"
+        )
         for job in list(self.pending):
             if not job.done.is_set():
                 job.finish(outcome.Error(error))
@@ -279,8 +281,8 @@ class PostgresTransactionalStore:
         """Open a transaction; commit on normal exit, roll back otherwise.
 
         Raises:
-            EskitError: The commit failed (nothing was committed).
-            trio.BrokenResourceError: The connection was lost; if during the commit,
+            BackendRefusedError: The commit failed (nothing was committed).
+            OutcomeUnknownError: The connection was lost; if during the commit,
                 the transaction may or may not have committed.
         """
         send, receive = trio.open_memory_channel[_Job | _End](math.inf)
@@ -316,8 +318,9 @@ class PostgresTransactionalStore:
         if serving.error is not None:
             raise _translate(serving.error) from serving.error
         if serving.cancelled:
-            raise trio.BrokenResourceError(
-                "the PostgreSQL commit did not finish in time; it may or may not have committed"
+            raise OutcomeUnknownError(
+                "postgres",
+                "the PostgreSQL commit did not finish in time; it may or may not have committed",
             )
 
     async def _serve(

@@ -595,7 +595,7 @@ async def open_sqlite_store(
 
     Error handling:
         :class:`SchemaTooNewError` if a newer eskit migrated the file;
-        :class:`trio.BrokenResourceError` if SQLite fails (not a database, disk full).
+        :class:`~engine.errors.BackendRefusedError` if SQLite fails (not a database, disk full).
     """
     async with open_sqlite(
         path, synchronous=synchronous, readers=readers, max_batch=max_batch

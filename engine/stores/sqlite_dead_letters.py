@@ -102,7 +102,7 @@ class SqliteDeadLetterStore:
         Raises:
             ValueError: A name holds NUL or an unpaired surrogate, or ``parked_at`` is
                 naive (see :mod:`engine.stores.dead_letter_encoding`).
-            trio.BrokenResourceError: SQLite failed.
+            BackendRefusedError: SQLite failed.
         """
         kept = storable_letter(letter)
         row = (

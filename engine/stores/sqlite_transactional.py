@@ -297,7 +297,7 @@ class SqliteTransactionalStore:
         Raises:
             ReadModelStatementError: A statement failed or was refused (nothing written).
             CheckpointConflictError: Another writer saved the checkpoint (nothing written).
-            trio.BrokenResourceError: SQLite failed (disk full, I/O error...).
+            BackendRefusedError: SQLite failed (disk full, I/O error...).
         """
         transaction = SqliteTransaction(self._db)
         try:

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from engine import LockNotHeldError, NewEvent
 from engine.bus.nats import open_nats_event_bus
 from engine.drivers.nats import NatsConnection, open_nats
+from engine.errors import BackendUnavailableError
 from engine.locks.base import LockRegistry
 from engine.locks.nats import delete_nats_lock_bucket, open_nats_lock_registry
 from engine.locks.postgres import PgLockRegistry, open_pg_lock_registry
@@ -336,8 +337,8 @@ async def test_a_nats_holder_cut_off_gives_up_before_anybody_else_gets_in(
 
 async def test_an_unreachable_pg_server_fails_the_registry_plainly() -> None:
     """Opening a PostgreSQL registry on a port nobody listens on raises a bare
-    ``BrokenResourceError`` (no exception group, no psycopg type)."""
+    ``BackendUnavailableError`` (no exception group, no psycopg type)."""
     dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    with trio.fail_after(60), pytest.raises(trio.BrokenResourceError):
+    with trio.fail_after(60), pytest.raises(BackendUnavailableError):
         async with open_pg_lock_registry(dsn, statement_timeout=2):
             pass
