@@ -56,6 +56,7 @@ from engine.errors import (
     EventTooLargeError,
     IdempotencyConflictError,
     InvalidStreamIdError,
+    NotCaughtUpError,
     NotFoundError,
     UnknownCommandError,
 )
@@ -131,6 +132,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (CodecError, 400),
     (UnknownCommandError, 404),
     (NotFoundError, 404),
+    (NotCaughtUpError, 503),
 )
 
 
