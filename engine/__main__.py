@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", default=".", help="where to write (default: here)")
     with_config(commands.add_parser("check-config", help="validate a config and print it"))
     with_config(commands.add_parser("plugins", help="list the installed plugins"))
+    with_config(
+        commands.add_parser(
+            "openapi", help="print the OpenAPI document of the engine a config describes"
+        )
+    )
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
     events.add_argument("stream_id", nargs="?", help="a stream id (default: the whole log)")
     events.add_argument("--after", type=int, default=0, help="start after this version/position")
@@ -318,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"    projections: {', '.join(p.name for p in plugin.projections) or '-'}"
                     )
                     print(f"    automations: {', '.join(plugin.reactors) or '-'}")
+                return 0
+            case "openapi":
+                import trio
+
+                from engine.daemon.config import load_config
+                from engine.daemon.openapi import config_document
+
+                document = trio.run(config_document, load_config(args.config))
+                print(json.dumps(document, indent=2, ensure_ascii=False))
                 return 0
             case "events":
                 return _events(args.config, args.stream_id, args.after, args.limit, args.follow)

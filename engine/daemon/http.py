@@ -20,6 +20,7 @@ Routes:
   its checkpoint name ``plugin.name@1`` or its name), with a count per runner;
   ``DELETE /dead-letters/{runner}/{position}`` discards one once dealt with (204, or 404
   ``unknown_dead_letter``). A runner name with ``/`` is sent as ``%2F``.
+* ``GET /openapi.json``: the OpenAPI 3.1 document of this engine's commands and queries.
 * ``GET /status``: the status page (HTML; it holds no data and needs no token), which
   polls ``GET /status.json`` (the data, token required like every other route).
 
@@ -48,6 +49,7 @@ import attrs
 import trio
 
 from engine.cluster import RemoteCommandError, UnknownOutcomeError
+from engine.daemon.openapi import engine_document
 from engine.errors import (
     CodecError,
     ConcurrencyError,
@@ -310,6 +312,10 @@ class HttpIngress:
             case ["cluster"]:
                 _require(method, "GET")
                 return 200, _json(engine.cluster_status()), b"application/json"
+            case ["openapi.json"]:
+                _require(method, "GET")
+                document = engine_document(engine, token_required=bool(self.token))
+                return 200, _json(document), b"application/json"
             case ["profiler"]:
                 _require(method, "GET")
                 return 200, _json(engine.profiler_json()), b"application/json"
