@@ -127,14 +127,16 @@ def _run(config_path: str | None) -> int:
 
     from engine.daemon.config import load_config
     from engine.daemon.engine import open_engine
+    from engine.daemon.systemd import notify_service, reopen_log_files
     from engine.observability.logging import configure_logging
 
     config = load_config(config_path)
     configure_logging(node_id=config.engine.node_id)
 
     async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_engine(config) as engine:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        with trio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
+            async with open_engine(config) as engine, notify_service(engine):
                 plugins = ", ".join(sorted(engine.plugins)) or "none"
                 print(f"eskit engine {config.engine.node_id!r} running", flush=True)
                 print(f"  store:   {config.store.backend}", flush=True)
@@ -155,6 +157,11 @@ def _run(config_path: str | None) -> int:
                     )
                 print("ready (stop with Ctrl-C or SIGTERM)", flush=True)
                 async for received in signals:
+                    if received not in stops:  # SIGHUP: logrotate moved the log files
+                        print(
+                            f"received SIGHUP, reopened {reopen_log_files()} log files", flush=True
+                        )
+                        continue
                     print(f"received {signal.Signals(received).name}, shutting down", flush=True)
                     break
         print("stopped", flush=True)
