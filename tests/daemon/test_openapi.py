@@ -253,3 +253,22 @@ def test_closed_schemas_refuse_unknown_keys(closed: bool) -> None:
     schema = schema_for(Node, closed=closed)
     validator = jsonschema.Draft202012Validator(schema)
     assert validator.is_valid({"label": "x", "more": 1}) is not closed
+
+
+async def test_the_routes_open_without_a_token_are_the_ones_the_document_says(
+    tmp_path: Path,
+) -> None:
+    """With a token set, exactly the routes marked ``security: []`` (liveness, the status page) answer without it."""
+    async with open_engine(config_for(tmp_path, http={"token": "t0ken"})) as engine:
+        base = engine.http_urls[0]
+        _, document = await http(f"{base}/openapi.json", token="t0ken")
+        open_routes, closed_routes = [], []
+        for path, operations in document["paths"].items():
+            if "get" not in operations or "{" in path:
+                continue
+            status, _ = await http(f"{base}{path}")
+            (closed_routes if status == 401 else open_routes).append(path)
+            marked_open = operations["get"].get("security") == []
+            assert marked_open == (status != 401), path
+    assert sorted(open_routes) == ["/health/live", "/status"]
+    assert "/openapi.json" in closed_routes
