@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -66,6 +67,7 @@ class Client:
             base_url=self.url, headers=_base.headers(token), timeout=_base.timeout(timeout)
         )
         self._last_position = 0
+        self._position_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, **options: Any) -> Client:
@@ -112,7 +114,8 @@ class Client:
         assert call.command_id is not None
         result = CommandResult.from_json(call.command_id, self._call(call))
         if result.position is not None:
-            self._last_position = max(self._last_position, result.position)
+            with self._position_lock:  # one client may serve several threads
+                self._last_position = max(self._last_position, result.position)
         return result
 
     def query(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -171,3 +172,32 @@ def test_ready(live_engine: LiveEngine) -> None:
     with Client(live_engine.url) as client:
         assert client.ready() is True
         assert "bank.balances" in client.runners()
+
+
+def test_one_client_shared_by_threads(live_engine: LiveEngine) -> None:
+    """Eight threads sharing one client each get their own answers; last_position is the highest."""
+    stream = account()
+    with Client(live_engine.url) as client:
+        client.send("bank", "OpenAccount", {"initial_balance": 0}, stream_id=stream)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(
+                pool.map(
+                    lambda n: client.send("bank", "Deposit", {"amount": n}, stream_id=stream),
+                    range(1, 41),
+                )
+            )
+        assert client.last_position == max(r.position or 0 for r in results)
+        assert sorted(r.version for r in results) == list(range(2, 42))
+        balance = client.query(
+            "bank", "balance", {"account": stream}, wait_for_position=client.last_position
+        )
+    assert balance == {"account": stream, "balance": sum(range(1, 41))}
+
+
+def test_from_env(live_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client.from_env`` takes the URL and token from ESKIT_URL and ESKIT_TOKEN, like the CLI."""
+    monkeypatch.setenv("ESKIT_URL", live_engine.url)
+    monkeypatch.setenv("ESKIT_TOKEN", "")
+    with Client.from_env() as client:
+        assert client.url == live_engine.url
+        assert client.ready() is True
