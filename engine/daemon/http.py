@@ -190,7 +190,7 @@ class HttpIngress:
             status, body, content_type = await self._dispatch(scope, receive)
         except Exception as error:
             status, code = status_for(error)
-            if status >= 500:
+            if code == "internal_error":  # unexpected: hide it; 503/504 answers say what to do
                 logger.exception("unhandled error serving %s %s", scope["method"], scope["path"])
                 message = "internal error (see the engine log)"
             else:

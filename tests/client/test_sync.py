@@ -144,6 +144,7 @@ def test_a_read_that_does_not_catch_up_is_not_caught_up(live_engine: LiveEngine)
         client.query("bank", "totals", wait_for_position=10**12)
     assert isinstance(waited.value, ClientError)
     assert (waited.value.status, waited.value.error_code) == (503, "not_caught_up")
+    assert "did not reach position 1000000000000 in time" in waited.value.message
     assert waited.value.position == 10**12
 
 
