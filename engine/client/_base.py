@@ -464,12 +464,13 @@ def read(call: Call, response: httpx.Response) -> Any:
     """The JSON value of a successful answer, or raise the error it describes."""
     if response.status_code == 204:
         return None
+    parsed = True
     try:
         value = json.loads(response.content) if response.content else None
     except ValueError:
-        value = None
+        value, parsed = None, False
     if response.is_success:
-        if value is None and response.content:
+        if not parsed:
             raise error_for(
                 response.status_code,
                 {"code": "bad_response", "message": "the engine's answer is not JSON"},

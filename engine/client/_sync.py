@@ -111,8 +111,7 @@ class Client:
             OutcomeUnknownError: No attempt got an answer: it may or may not have acted.
         """
         call = _base.command_call(plugin, command, data, stream_id=stream_id, command_id=command_id)
-        assert call.command_id is not None
-        result = CommandResult.from_json(call.command_id, self._call(call))
+        result = CommandResult.from_json(call.command_id or "", self._call(call))
         if result.position is not None:
             with self._position_lock:  # one client may serve several threads
                 self._last_position = max(self._last_position, result.position)

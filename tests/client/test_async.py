@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from engine import EventRegistry, Plugin
 from engine.client import AsyncClient, CommandResult, StoredEvent, UnauthorizedError
 from engine.daemon.engine import open_engine
 from engine.errors import DomainError
@@ -205,3 +206,18 @@ async def test_trio_token(tmp_path: Path) -> None:
                 )
                 assert result.version == 1
                 assert await client.ready() is True
+
+
+async def test_trio_a_query_answering_null(tmp_path: Path) -> None:
+    """A plugin query whose answer is JSON ``null`` returns ``None``, not a "not JSON" error."""
+
+    async def nothing(params: Any) -> None:
+        return None
+
+    quiet = Plugin(name="quiet", events=EventRegistry(), queries={"nothing": nothing})
+    with trio.fail_after(60):
+        async with (
+            open_engine(config_for(tmp_path), plugins=[quiet]) as engine,
+            AsyncClient(engine.http_urls[0]) as client,
+        ):
+            assert await client.query("quiet", "nothing") is None
