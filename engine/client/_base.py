@@ -149,8 +149,6 @@ class ClientError(EskitError):
         details: The whole ``error`` object of the answer.
     """
 
-    code = "client_error"
-
     def __init__(
         self, status: int, error_code: str, message: str, details: Mapping[str, Any]
     ) -> None:
