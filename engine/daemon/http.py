@@ -58,6 +58,7 @@ from engine.errors import (
     EventTooLargeError,
     IdempotencyConflictError,
     InvalidStreamIdError,
+    NotActiveError,
     NotCaughtUpError,
     NotFoundError,
     UnknownCommandError,
@@ -135,6 +136,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownCommandError, 404),
     (NotFoundError, 404),
     (NotCaughtUpError, 503),
+    (NotActiveError, 409),
 )
 
 

@@ -1,20 +1,30 @@
-"""The client against a cluster node whose stream owner hangs: 504 ``unknown_outcome``
-answers are retried with the same command id, and the command acts once."""
+"""The client against a cluster: 504 ``unknown_outcome`` answers (a stream owner that
+hangs) are retried with the same command id and the command acts once; a read model kept
+on another node is ``not_active``."""
 
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
 import trio
 
-from engine.client import AsyncClient, CommandResult, RetryPolicy
+from engine.client import AsyncClient, ClientError, CommandResult, RetryPolicy
 from engine.cluster import stream_lease_key
 from engine.daemon.config import parse_config
 from engine.daemon.engine import open_engine
 from engine.drivers.nats import open_nats
+from engine.errors import NotActiveError
 from engine.locks.nats import open_nats_lock_registry
-from tests.conftest import NatsTarget
+from tests.cluster.test_read_models_on_every_node import (
+    counting_plugin,
+    node_config,
+    open_node,
+    wait_state,
+)
+from tests.conftest import NatsTarget, PgTarget
 
 
 async def test_unknown_outcome_answers_are_retried_with_the_same_id(
@@ -78,3 +88,31 @@ async def test_unknown_outcome_answers_are_retried_with_the_same_id(
             assert result.duplicate is False  # the ghost never acted: this node did, once
             assert [e.version for e in await client.stream("acc-2")] == [1]
             assert engine.cluster_status()["unknown_outcomes"] >= 2
+
+
+async def test_a_read_model_kept_on_another_node_is_not_active(
+    tmp_path: Path, pg: PgTarget, nats: NatsTarget
+) -> None:
+    """A query for a read model only the active node keeps answers 409 not_active elsewhere,
+    raised as the engine's NotActiveError (it was a 500 internal_error)."""
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                open_node(node_config(tmp_path, "a", pg, nats), counting_plugin())
+            )
+            await wait_state(a, "bank.local", "live")
+            b = await stack.enter_async_context(
+                open_node(node_config(tmp_path, "b", pg, nats), counting_plugin())
+            )
+            client = await stack.enter_async_context(AsyncClient(b.http_urls[0]))
+            opened = await client.send(
+                "bank", "OpenAccount", {"initial_balance": 1}, stream_id="acc-0"
+            )
+            with pytest.raises(NotActiveError) as refused:
+                await client.query("bank", "count", wait_for_position=opened)
+            assert isinstance(refused.value, ClientError)
+            assert (refused.value.status, refused.value.error_code) == (409, "not_active")
+            assert "node 'a' is" in refused.value.message
+            async with AsyncClient(a.http_urls[0]) as on_a:
+                answer = await on_a.query("bank", "count", wait_for_position=opened)
+            assert answer == {"node": "a", "count": 1}

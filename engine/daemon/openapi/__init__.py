@@ -226,6 +226,10 @@ def _query_operation(plugin: str, query: DocumentedQuery) -> dict[str, Any]:
             },
         )
         responses["503"] = error_response("not_caught_up: the read model did not get there.")
+        responses["409"] = error_response(
+            "not_active: the read model is kept only on the node whose runner is active; "
+            "the message names it."
+        )
     summary = query.description or (
         f"Read {query.read_model}." if query.read_model else f"The {query.name} query."
     )
