@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(commands.add_parser("check-config", help="validate a config and print it"))
     with_config(commands.add_parser("plugins", help="list the installed plugins"))
+    with_config(
+        commands.add_parser(
+            "openapi", help="print the OpenAPI document of the engine a config describes"
+        )
+    )
     events = with_config(commands.add_parser("events", help="read a stream or the whole log"))
     events.add_argument("stream_id", nargs="?", help="a stream id (default: the whole log)")
     events.add_argument("--after", type=int, default=0, help="start after this version/position")
@@ -206,6 +211,7 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
 
     from engine.daemon.config import load_config
     from engine.daemon.engine import open_engine
+    from engine.daemon.systemd import notify_service, reopen_log_files
     from engine.observability.logging import configure_logging
 
     config = load_config(config_path)
@@ -222,8 +228,9 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
     debug = debug or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
     async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_engine(config) as engine:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        with trio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
+            async with open_engine(config) as engine, notify_service(engine):
                 plugins = ", ".join(sorted(engine.plugins)) or "none"
                 print(f"eskit engine {config.engine.node_id!r} running", flush=True)
                 print(f"  config:  {describe_config(config_path)}", flush=True)
@@ -245,6 +252,11 @@ def _run(config_path: str | None, *, debug: bool = False) -> int:
                     )
                 print("ready (stop with Ctrl-C or SIGTERM)", flush=True)
                 async for received in signals:
+                    if received not in stops:  # SIGHUP: logrotate moved the log files
+                        print(
+                            f"received SIGHUP, reopened {reopen_log_files()} log files", flush=True
+                        )
+                        continue
                     print(f"received {signal.Signals(received).name}, shutting down", flush=True)
                     break
         print("stopped", flush=True)
@@ -492,6 +504,15 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 return _check_config(args.config)
             case "plugins":
                 return _plugins(args.config)
+            case "openapi":
+                import trio
+
+                from engine.daemon.config import load_config
+                from engine.daemon.openapi import config_document
+
+                document = trio.run(config_document, load_config(args.config))
+                print(json.dumps(document, indent=2, ensure_ascii=False))
+                return 0
             case "events":
                 return _events(args.config, args.stream_id, args.after, args.limit, args.follow)
             case "send":

@@ -20,6 +20,7 @@ Routes:
   its checkpoint name ``plugin.name@1`` or its name), with a count per runner;
   ``DELETE /dead-letters/{runner}/{position}`` discards one once dealt with (204, or 404
   ``unknown_dead_letter``). A runner name with ``/`` is sent as ``%2F``.
+* ``GET /openapi.json``: the OpenAPI 3.1 document of this engine's commands and queries.
 * ``GET /status``: the status page (HTML; it holds no data and needs no token), which
   polls ``GET /status.json`` (the data, token required like every other route).
 
@@ -64,6 +65,7 @@ import trio
 from engine.cluster import RemoteCommandError, UnknownOutcomeError
 from engine.daemon.config import HttpConfig
 from engine.daemon.http1 import Request, Response, ServerLimits, error_body
+from engine.daemon.openapi import engine_document
 from engine.daemon.server import serve_http
 from engine.dcb.base import AppendConditionError
 from engine.errors import (
@@ -161,7 +163,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownCommandError, 404),
     (NotFoundError, 404),
     (NotCaughtUpError, 503),
-    (NotActiveError, 503),
+    (NotActiveError, 409),
     (StorageFullError, 503),
     (LockNotHeldError, 503),
 )
@@ -387,6 +389,9 @@ class HttpIngress:
             case ["cluster"]:
                 _require(method, "GET")
                 return _ok(engine.cluster_status())
+            case ["openapi.json"]:
+                _require(method, "GET")
+                return _ok(engine_document(engine, token_required=bool(self.token)))
             case ["profiler"]:
                 _require(method, "GET")
                 return _ok(engine.profiler_json())

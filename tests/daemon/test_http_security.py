@@ -244,7 +244,7 @@ async def test_unknown_top_level_keys_are_refused(engine: Engine) -> None:
         ("parameter", 400, "bad_parameter"),
         ("not_caught_up", 503, "not_caught_up"),
         ("storage_full", 503, "storage_full"),
-        ("not_active", 503, "not_active"),
+        ("not_active", 409, "not_active"),
         ("lock", 503, "lock_not_held"),
         ("condition", 409, "append_condition_failed"),
         ("bug", 500, "internal_error"),
@@ -254,7 +254,7 @@ async def test_engine_errors_map_to_their_statuses(
     engine: Engine, error: str, status: int, code: str
 ) -> None:
     """Issues 15.12 and 16.12: a query's InvalidParameterError is 400 with its message;
-    NotCaughtUpError, StorageFullError, NotActiveError and LockNotHeldError are 503 with their own
+    NotCaughtUpError, StorageFullError and LockNotHeldError are 503, NotActiveError 409 with their own
     message; AppendConditionError is 409; only a bug is a 500."""
     got, body = await _exchange(engine, get(f"/queries/probe/fail?error={error}"))
     assert (got, body["error"]["code"]) == (status, code)
