@@ -66,7 +66,7 @@ def write_config(tmp_path: Path, port: int, *, gate: bool = False) -> Path:
     """A SQLite engine config in ``tmp_path``; with ``gate``, the gate plugin is loaded too."""
     config = tmp_path / "eskit.toml"
     plugins = (
-        '\n[plugins]\nenabled = ["bank"]\nmodules = ["tests.daemon.systemd_gate:plugin"]\n'
+        '\n[plugins]\nenabled = ["bank", "gate"]\nmodules = ["tests.daemon.systemd_gate:plugin"]\n'
         if gate
         else ""
     )
