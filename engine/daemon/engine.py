@@ -40,7 +40,7 @@ from engine.bus.channel import ChannelEventBus
 from engine.cluster import ClusterRouter, CommandRequest, open_cluster_router
 from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, make_converter
 from engine.daemon.config import Config, NatsConfig
-from engine.daemon.http import HttpError, run_ingress, status_for
+from engine.daemon.http import run_ingress
 from engine.daemon.plugins import load_plugins
 from engine.daemon.raw_events import UnknownEventData, tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
@@ -48,10 +48,20 @@ from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import (
     ConfigError,
     DuplicateEventTypeError,
+    EskitError,
     InvalidCommandError,
+    InvalidParameterError,
     NotActiveError,
     NotCaughtUpError,
+    NotRunningError,
     PluginError,
+    RebuildInProgressError,
+    RebuildNotActiveError,
+    StreamIdRequiredError,
+    UnknownCommandError,
+    UnknownPluginError,
+    UnknownProjectionError,
+    UnknownQueryError,
     UnknownStreamError,
 )
 from engine.events import Event
@@ -589,13 +599,13 @@ class Engine:
         )
         return await self._handle(entry, value, stream_id, request.command_id)
 
-    def describe_error(self, error: BaseException) -> tuple[int, str, str]:
-        """``(status, code, message)`` of an error as the HTTP ingress answers it."""
-        status, code = status_for(error)
-        if status >= 500:
+    def describe_error(self, error: BaseException) -> str:
+        """The message sent back for a forwarded command's error (its codes go with it):
+        an engine error's own, an internal error's logged here and not sent."""
+        if not isinstance(error, EskitError):
             logger.error("a forwarded command failed", exc_info=error)
-            return status, code, f"internal error on node {self.config.engine.node_id!r}"
-        return status, code, getattr(error, "message", None) or str(error)
+            return f"internal error on node {self.config.engine.node_id!r}"
+        return getattr(error, "message", None) or str(error)
 
     def cluster_status(self) -> dict[str, Any]:
         """What command routing did on this node (``GET /cluster``)."""
@@ -617,10 +627,8 @@ class Engine:
             # not exist.
             public = (n for n, e in loaded.commands.items() if not e.binding.is_internal(e.cls))
             known = ", ".join(sorted(public)) or "none"
-            raise HttpError(
-                404,
-                "unknown_command",
-                f"plugin {plugin!r} has no command {command!r} (has: {known})",
+            raise UnknownCommandError(
+                f"plugin {plugin!r} has no command {command!r} (has: {known})"
             )
         try:
             value: Any = self._commands_converter.structure(dict(data), entry.cls)
@@ -628,7 +636,7 @@ class Engine:
             raise InvalidCommandError(command, explain_structure_error(exc, path="data")) from None
         if stream_id is None:
             if entry.binding.stream_id is None:
-                raise HttpError(400, "stream_id_required", f"{command} needs a stream_id")
+                raise StreamIdRequiredError(f"{command} needs a stream_id")
             stream_id = entry.binding.stream_id(value)
         return entry, value, stream_id
 
@@ -660,15 +668,15 @@ class Engine:
             NotCaughtUpError: The read model did not reach ``wait_for_position`` in time.
             NotActiveError: The read model is kept only on the node whose runner is
                 active, and that is another node.
-            HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``.
+            UnknownPluginError: No plugin of that name.
+            UnknownQueryError: The plugin has no such query.
+            InvalidParameterError: ``wait_for_position`` is not an integer.
         """
         loaded = self._plugin(plugin)
         func = loaded.queries.get(query)
         if func is None:
             known = ", ".join(sorted(loaded.queries)) or "none"
-            raise HttpError(
-                404, "unknown_query", f"plugin {plugin!r} has no query {query!r} (has: {known})"
-            )
+            raise UnknownQueryError(f"plugin {plugin!r} has no query {query!r} (has: {known})")
         params = dict(params)
         wanted = params.pop("wait_for_position", None)
         runner_name = loaded.query_runners.get(query)
@@ -677,8 +685,8 @@ class Engine:
             try:
                 position = int(wanted)
             except ValueError:
-                raise HttpError(
-                    400, "bad_parameter", "wait_for_position must be an integer"
+                raise InvalidParameterError(
+                    "wait_for_position", "wait_for_position must be an integer"
                 ) from None
         if runner_name is not None:
             runner = self.runners[runner_name]
@@ -740,7 +748,7 @@ class Engine:
         try:
             letters = await self.dead_letters.dead_letters(runner)
         except ValueError as exc:
-            raise HttpError(400, "bad_parameter", str(exc)) from None
+            raise InvalidParameterError("runner", str(exc)) from None
         counts: dict[str, int] = {}
         for letter in letters:
             counts[letter.runner] = counts.get(letter.runner, 0) + 1
@@ -756,7 +764,7 @@ class Engine:
         try:
             discarded = await self.dead_letters.discard(runner, position)
         except ValueError as exc:
-            raise HttpError(400, "bad_parameter", str(exc)) from None
+            raise InvalidParameterError("runner", str(exc)) from None
         if discarded:
             logger.info("dead letter of %r at position %d discarded", runner, position)
         return discarded
@@ -795,23 +803,24 @@ class Engine:
         :meth:`runners_status` (``rebuild``).
 
         Raises:
-            HttpError: 404 for an unknown projection, 409 when a rebuild of it runs
-                already or this node is not its active runner (another node holds its
-                lease).
+            UnknownProjectionError: No projection of that name.
+            RebuildInProgressError: A rebuild of it runs already.
+            RebuildNotActiveError: This node is not its active runner (another node
+                holds its lease).
+            NotRunningError: The engine is not running its runners.
         """
         entry = self.projections.get(name)
         runner = self.runners.get(name)
         if entry is None or not isinstance(runner, ProjectionRunner):
-            raise HttpError(404, "not_found", f"no projection {name!r}")
+            raise UnknownProjectionError(f"no projection {name!r}")
         current = self.rebuilds.get(name)
         if current is not None and current["state"] == "running":
-            raise HttpError(409, "rebuild_in_progress", f"{name!r} is being rebuilt already")
+            raise RebuildInProgressError(f"{name!r} is being rebuilt already")
         if runner.locks is not None and runner.statistics().state is RunnerState.STANDBY:
-            raise HttpError(
-                409, "not_active", f"{name!r} is active on another node: rebuild it there"
-            )
+            owner = await runner.locks.owner(runner.lease_key)
+            raise RebuildNotActiveError(name, owner)
         if self._background is None:
-            raise HttpError(503, "not_running", "the engine is not running its runners")
+            raise NotRunningError("the engine is not running its runners")
         status: dict[str, Any] = {
             "state": "running",
             "from_version": runner.version,
@@ -999,7 +1008,7 @@ class Engine:
         loaded = self.plugins.get(name)
         if loaded is None:
             known = ", ".join(sorted(self.plugins)) or "none"
-            raise HttpError(404, "unknown_plugin", f"no plugin {name!r} (loaded: {known})")
+            raise UnknownPluginError(f"no plugin {name!r} (loaded: {known})")
         return loaded
 
 
