@@ -53,6 +53,7 @@ from engine.daemon.http import run_ingress
 from engine.daemon.plugins import load_plugins, merged_registry
 from engine.daemon.presenters import StatusSources, status_document
 from engine.daemon.raw_events import UnknownEventData, tolerant_codec
+from engine.drivers.nats import NatsConnection
 from engine.errors import (
     EskitError,
     InvalidCommandError,
@@ -112,7 +113,13 @@ from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
 from engine.runners.supervisor import run_supervised
 from engine.runners.versions import ProjectionVersions
-from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
+from engine.stores.base import (
+    CheckpointStore,
+    DeadLetter,
+    DeadLetterStore,
+    EventStore,
+    SqlDatabase,
+)
 from engine.stores.dead_letter_encoding import letter_document
 from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
@@ -749,6 +756,198 @@ async def _open_projection(
     return entry, setup
 
 
+@attrs.frozen
+class _Parts:
+    """The backends :func:`open_engine` opened, instrumented."""
+
+    nats: NatsConnection | None
+    raw_store: Any
+    store: InstrumentedStore[Any]
+    #: The same store with a codec tolerant of unknown event types (``GET /events``).
+    reader: EventStore[Any]
+    checkpoints: CheckpointStore
+    bus: EventBus[Any]
+    locks: InstrumentedLocks
+    dead_letters: DeadLetterStore
+    sql: SqlDatabase | None
+
+
+async def _open_parts(
+    stack: AsyncExitStack,
+    config: Config,
+    codec: Codec[Any],
+    profiler: Profiler,
+    metrics: EngineMetrics,
+) -> _Parts:
+    nats = await stack.enter_async_context(open_nats_from_config(config))
+    raw_store = await stack.enter_async_context(open_store_from_config(config, codec, nats=nats))
+    store: InstrumentedStore[Any] = InstrumentedStore(raw_store, profiler=profiler, metrics=metrics)
+    # GET /events and /streams show events of types no plugin knows (TolerantCodec);
+    # the same store with that codec (the memory store holds only our own types).
+    reader: EventStore[Any] = store
+    if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
+        reader = InstrumentedStore(
+            attrs.evolve(raw_store, codec=tolerant_codec(codec)),
+            profiler=profiler,
+            metrics=metrics,
+        )
+    # The memory backend keeps no checkpoints of its own: they live in memory too.
+    checkpoints: CheckpointStore = (
+        store
+        if hasattr(raw_store, "save_checkpoint")
+        else InstrumentedCheckpointStore(
+            MemoryCheckpointStore(), profiler=profiler, metrics=metrics
+        )
+    )
+    bus: EventBus[Any] = await stack.enter_async_context(
+        backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
+    )
+    locks = InstrumentedLocks(
+        await stack.enter_async_context(
+            backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
+        )
+    )
+    dead_letters: DeadLetterStore = backend(DEAD_LETTER_BACKENDS, "store", config.store.backend)(
+        config, raw_store, nats
+    )
+    sql = raw_store.transactional() if hasattr(raw_store, "transactional") else None
+    return _Parts(
+        nats=nats,
+        raw_store=raw_store,
+        store=store,
+        reader=reader,
+        checkpoints=checkpoints,
+        bus=bus,
+        locks=locks,
+        dead_letters=dead_letters,
+        sql=sql,
+    )
+
+
+def _command_handlers(
+    plugins: Sequence[Plugin],
+    parts: _Parts,
+    router: CommandRouter,
+    *,
+    node_id: str,
+    observed: tuple[EngineMetrics, EventModel, RecentErrors, Profiler],
+) -> tuple[dict[str, _LoadedPlugin], list[tuple[str, CommandHandler[Any, Any, Any]]]]:
+    """A command handler per decider binding, routed, and each plugin's commands."""
+    metrics, model, errors, profiler = observed
+    store = parts.store
+    loaded_plugins: dict[str, _LoadedPlugin] = {}
+    handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
+    for plugin in plugins:
+        loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
+        for binding in plugin.commands:
+            state_types = {type(binding.decider.initial_state())}
+            snapshots = None
+            if binding.snapshot_every and hasattr(store, "snapshots"):
+                snapshots = store.snapshots(state_types.pop())
+            handler: CommandHandler[Any, Any, Any] = CommandHandler(
+                decider=binding.decider,
+                store=store,
+                snapshots=snapshots,
+                snapshot_every=binding.snapshot_every if snapshots is not None else 0,
+                after_append=[parts.bus.publish],
+                middleware=[
+                    command_middleware(
+                        plugin=plugin.name,
+                        names={cls: name for name, cls in binding.command_names().items()},
+                        node_id=node_id,
+                        metrics=metrics,
+                        model=model,
+                        errors=errors,
+                    ),
+                    profiler_middleware(profiler),
+                ],
+            )
+            handlers.append((plugin.name, handler))
+            router.route_decider(handler)
+            for name, cls in binding.command_names().items():
+                loaded.commands[name] = _Command(cls, binding, handler)
+        loaded_plugins[plugin.name] = loaded
+    return loaded_plugins, handlers
+
+
+@attrs.frozen
+class _Runners:
+    runners: dict[str, Runner[Any]]
+    kinds: dict[str, str]
+    projections: dict[str, _ProjectionEntry]
+
+
+async def _runners(
+    config: Config,
+    plugins: Sequence[Plugin],
+    loaded_plugins: Mapping[str, _LoadedPlugin],
+    parts: _Parts,
+    router: CommandRouter,
+    model: EventModel,
+) -> _Runners:
+    """A runner per projection (set up as its live version) and per automation.
+
+    Raises:
+        PluginError: A plugin names two queries alike.
+    """
+    context = ProjectionContext(
+        store=parts.store,
+        data_dir=Path(config.engine.data_dir),
+        node_id=config.engine.node_id,
+        sql=parts.sql,
+    )
+    common: dict[str, Any] = {
+        "store": parts.store,
+        "bus": parts.bus,
+        "dead_letters": parts.dead_letters,
+        "error_policy": _error_policy(config),
+        "batch_size": config.runners.batch_size,
+        "poll_interval": config.runners.poll_interval,
+    }
+    made = _Runners(runners={}, kinds={}, projections={})
+    for plugin in plugins:
+        loaded = loaded_plugins[plugin.name]
+        for definition in plugin.projections:
+            name = f"{plugin.name}.{definition.name}"
+            entry, setup = await _open_projection(
+                plugin.name, definition, attrs.evolve(context, name=name), parts.checkpoints
+            )
+            made.projections[name] = entry
+            for query_name, query in setup.queries.items():
+                if query_name in loaded.queries:
+                    raise PluginError(f"plugin {plugin.name!r}: two queries named {query_name!r}")
+                loaded.queries[query_name] = query
+                loaded.query_runners[query_name] = name
+            made.kinds[name] = "projection"
+            made.runners[name] = ProjectionRunner(
+                name=name,
+                handler=setup.handler,
+                version=entry.context.version,
+                # An in-memory read model starts empty, so it must start from the
+                # beginning: its checkpoint lives in memory too. Only a durable read
+                # model may resume from a stored checkpoint (under a lease).
+                checkpoints=entry.versions.checkpoints,
+                locks=parts.locks if entry.leased else None,
+                start_at=StartAt(definition.start),
+                **common,
+            )
+        for reactor_name, reactor in plugin.reactors.items():
+            name = f"{plugin.name}.{reactor_name}"
+            observed, sender = observe_reactor(reactor, router, model, name)
+            registry: ReactorRegistry[Any] = ReactorRegistry(sender)
+            registry.register(name, observed)
+            made.kinds[name] = "automation"
+            made.runners[name] = AutomationRunner(
+                name=name,
+                handler=registry.handle,
+                checkpoints=parts.checkpoints,
+                locks=parts.locks,
+                start_at=StartAt(reactor.start),
+                **common,
+            )
+    return made
+
+
 @unwrap_lone_errors
 @asynccontextmanager
 async def open_engine(
@@ -779,151 +978,39 @@ async def open_engine(
             settings=config.plugins.settings,
         )
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
-    data_dir = Path(config.engine.data_dir)
     node_id = config.engine.node_id
     profiler = Profiler()
     metrics = EngineMetrics(node_id=node_id, version=_version())
     model = EventModel.from_plugins(plugins)
     errors = RecentErrors()
     async with AsyncExitStack() as stack:
-        nats = await stack.enter_async_context(open_nats_from_config(config))
-        raw_store = await stack.enter_async_context(
-            open_store_from_config(config, codec, nats=nats)
-        )
-        store: InstrumentedStore[Any] = InstrumentedStore(
-            raw_store, profiler=profiler, metrics=metrics
-        )
-        # GET /events and /streams show events of types no plugin knows (TolerantCodec);
-        # the same store with that codec (the memory store holds only our own types).
-        reader: Any = store
-        if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
-            reader = InstrumentedStore(
-                attrs.evolve(raw_store, codec=tolerant_codec(codec)),
-                profiler=profiler,
-                metrics=metrics,
-            )
-        # The memory backend keeps no checkpoints of its own: they live in memory too.
-        checkpoints: CheckpointStore = (
-            store
-            if hasattr(raw_store, "save_checkpoint")
-            else InstrumentedCheckpointStore(
-                MemoryCheckpointStore(), profiler=profiler, metrics=metrics
-            )
-        )
-        bus: EventBus[Any] = await stack.enter_async_context(
-            backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
-        )
-        locks = InstrumentedLocks(
-            await stack.enter_async_context(
-                backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
-            )
-        )
-        dead_letters: DeadLetterStore = backend(
-            DEAD_LETTER_BACKENDS, "store", config.store.backend
-        )(config, raw_store, nats)
+        parts = await _open_parts(stack, config, codec, profiler, metrics)
         router = CommandRouter()
+        loaded, handlers = _command_handlers(
+            plugins, parts, router, node_id=node_id, observed=(metrics, model, errors, profiler)
+        )
+        assembly = await _runners(config, plugins, loaded, parts, router, model)
+        # Built once, with every plugin, projection and runner in place.
         engine = Engine(
             config,
-            store,
+            parts.store,
             codec,
-            bus,
+            parts.bus,
             router,
-            {},
-            locks=locks,
-            dead_letters=dead_letters,
+            loaded,
+            assembly.runners,
+            locks=parts.locks,
+            dead_letters=parts.dead_letters,
             profiler=profiler,
             metrics=metrics,
             model=model,
             errors=errors,
+            runner_kinds=assembly.kinds,
             started_at=trio.current_time(),
-            reader=reader,
+            projections=assembly.projections,
+            reader=parts.reader,
         )
-        handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
-        for plugin in plugins:
-            loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
-            for binding in plugin.commands:
-                state_types = {type(binding.decider.initial_state())}
-                snapshots = None
-                if binding.snapshot_every and hasattr(store, "snapshots"):
-                    snapshots = store.snapshots(state_types.pop())
-                handler: CommandHandler[Any, Any, Any] = CommandHandler(
-                    decider=binding.decider,
-                    store=store,
-                    snapshots=snapshots,
-                    snapshot_every=binding.snapshot_every if snapshots is not None else 0,
-                    after_append=[bus.publish],
-                    middleware=[
-                        command_middleware(
-                            plugin=plugin.name,
-                            names={cls: name for name, cls in binding.command_names().items()},
-                            node_id=node_id,
-                            metrics=metrics,
-                            model=model,
-                            errors=errors,
-                        ),
-                        profiler_middleware(profiler),
-                    ],
-                )
-                handlers.append((plugin.name, handler))
-                router.route_decider(handler)
-                for name, cls in binding.command_names().items():
-                    loaded.commands[name] = _Command(cls, binding, handler)
-            engine.plugins[plugin.name] = loaded
-
-        sql_database = raw_store.transactional() if hasattr(raw_store, "transactional") else None
-        context = ProjectionContext(
-            store=store, data_dir=data_dir, node_id=config.engine.node_id, sql=sql_database
-        )
-        common: dict[str, Any] = {
-            "store": store,
-            "bus": bus,
-            "dead_letters": dead_letters,
-            "error_policy": _error_policy(config),
-            "batch_size": config.runners.batch_size,
-            "poll_interval": config.runners.poll_interval,
-        }
-        for plugin in plugins:
-            loaded = engine.plugins[plugin.name]
-            for definition in plugin.projections:
-                name = f"{plugin.name}.{definition.name}"
-                entry, setup = await _open_projection(
-                    plugin.name, definition, attrs.evolve(context, name=name), checkpoints
-                )
-                engine.projections[name] = entry
-                for query_name, query in setup.queries.items():
-                    if query_name in loaded.queries:
-                        raise PluginError(
-                            f"plugin {plugin.name!r}: two queries named {query_name!r}"
-                        )
-                    loaded.queries[query_name] = query
-                    loaded.query_runners[query_name] = name
-                engine.runner_kinds[name] = "projection"
-                engine.runners[name] = ProjectionRunner(
-                    name=name,
-                    handler=setup.handler,
-                    version=entry.context.version,
-                    # An in-memory read model starts empty, so it must start from the
-                    # beginning: its checkpoint lives in memory too. Only a durable read
-                    # model may resume from a stored checkpoint (under a lease).
-                    checkpoints=entry.versions.checkpoints,
-                    locks=locks if entry.leased else None,
-                    start_at=StartAt(definition.start),
-                    **common,
-                )
-            for reactor_name, reactor in plugin.reactors.items():
-                name = f"{plugin.name}.{reactor_name}"
-                observed, sender = observe_reactor(reactor, router, model, name)
-                registry: ReactorRegistry[Any] = ReactorRegistry(sender)
-                registry.register(name, observed)
-                engine.runner_kinds[name] = "automation"
-                engine.runners[name] = AutomationRunner(
-                    name=name,
-                    handler=registry.handle,
-                    checkpoints=checkpoints,
-                    locks=locks,
-                    start_at=StartAt(reactor.start),
-                    **common,
-                )
+        nats, locks, bus = parts.nats, parts.locks, parts.bus
 
         if config.routes_commands():
             assert nats is not None
