@@ -23,11 +23,9 @@ throughput for the status page.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -37,13 +35,22 @@ import trio
 from engine.bus.base import EventBus
 from engine.cluster import ClusterRouter, CommandRequest, open_cluster_router
 from engine.codec import ORJSON, Codec, explain_structure_error, make_converter
+from engine.daemon.assembly import (
+    CommandEntry,
+    LoadedPlugin,
+    ProjectionEntry,
+    assemble_runners,
+    command_handlers,
+    engine_version,
+    open_parts,
+    setup_projection,
+)
 from engine.daemon.backends import (
     BUS_BACKENDS,
     DEAD_LETTER_BACKENDS,
     LOCK_BACKENDS,
     NATS_SERVER_POLICY,
     STORE_BACKENDS,
-    backend,
     nats_connect_options,
     open_nats_from_config,
     open_store_from_config,
@@ -52,8 +59,7 @@ from engine.daemon.config import Config
 from engine.daemon.http import run_ingress
 from engine.daemon.plugins import load_plugins, merged_registry
 from engine.daemon.presenters import StatusSources, status_document
-from engine.daemon.raw_events import UnknownEventData, tolerant_codec
-from engine.drivers.nats import NatsConnection
+from engine.daemon.raw_events import UnknownEventData
 from engine.errors import (
     EskitError,
     InvalidCommandError,
@@ -61,7 +67,6 @@ from engine.errors import (
     NotActiveError,
     NotCaughtUpError,
     NotRunningError,
-    PluginError,
     RebuildInProgressError,
     RebuildNotActiveError,
     StreamIdRequiredError,
@@ -73,14 +78,9 @@ from engine.errors import (
 )
 from engine.events import Event
 from engine.groups import unwrap_lone_errors
-from engine.handler import CommandHandler
 from engine.locks.memory import MemoryLockRegistry
-from engine.middleware import profiler_middleware
-from engine.observability.commands import command_middleware
 from engine.observability.instrumented import (
-    InstrumentedCheckpointStore,
     InstrumentedLocks,
-    InstrumentedStore,
 )
 from engine.observability.logging import redact_text
 from engine.observability.metrics import CONTENT_TYPE, EngineMetrics, MetricSources
@@ -89,39 +89,24 @@ from engine.observability.status import (
     EventModel,
     RecentErrors,
     RunnerHistory,
-    observe_reactor,
 )
 from engine.plugin import (
-    CommandBinding,
     Plugin,
-    ProjectionContext,
-    ProjectionDefinition,
     ProjectionSetup,
-    Query,
 )
-from engine.reactor import ReactorRegistry
 from engine.router import CommandRouter
 from engine.runners.base import (
-    ErrorPolicy,
-    OnFailure,
     RunnerState,
     RunnerStatistics,
-    StartAt,
-    TransactionalProjection,
 )
 from engine.runners.memory import MemoryDeadLetterStore
-from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
+from engine.runners.runner import ProjectionRunner, Runner
 from engine.runners.supervisor import run_supervised
-from engine.runners.versions import ProjectionVersions
 from engine.stores.base import (
-    CheckpointStore,
     DeadLetter,
     DeadLetterStore,
-    EventStore,
-    SqlDatabase,
 )
 from engine.stores.dead_letter_encoding import letter_document
-from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
 __all__ = [
     "BUS_BACKENDS",
@@ -143,55 +128,6 @@ logger = logging.getLogger("eskit.engine")
 READ_YOUR_WRITES_TIMEOUT = 5.0
 
 
-def _version() -> str:
-    from engine import __version__
-
-    return __version__
-
-
-def _error_policy(config: Config) -> ErrorPolicy:
-    policy = config.runners.error_policy
-    if policy == "stop":
-        return ErrorPolicy(retries=0, on_failure=OnFailure.STOP)
-    on_failure = OnFailure.PARK if policy == "retry-then-park" else OnFailure.STOP
-    return ErrorPolicy(retries=config.runners.max_retries, on_failure=on_failure)
-
-
-@attrs.define(eq=False)
-class _Command:
-    cls: type
-    binding: CommandBinding
-    handler: CommandHandler[Any, Any, Any]
-
-
-@attrs.define(eq=False)
-class _LoadedPlugin:
-    plugin: Plugin
-    commands: dict[str, _Command] = attrs.field(factory=dict)
-    queries: dict[str, Query] = attrs.field(factory=dict)
-    # query name -> the runner whose read model answers it (read-your-writes waits on it)
-    query_runners: dict[str, str] = attrs.field(factory=dict)
-
-
-@attrs.define(eq=False)
-class _ProjectionEntry:
-    """What the engine needs to build a projection again (a rebuild, or following a
-    switch made on another node)."""
-
-    plugin: str
-    definition: ProjectionDefinition
-    context: ProjectionContext
-    #: Where the live version is recorded (durable for a durable read model).
-    versions: ProjectionVersions
-    #: The read model is durable and its runner active on one node at a time.
-    leased: bool = False
-    #: Every node can read it (a table in the store's database); else only the node
-    #: whose runner is active has it.
-    shared: bool = False
-    #: Serializes switching this node to another version.
-    switching: trio.Lock = attrs.field(factory=trio.Lock)
-
-
 @attrs.define(eq=False)
 class Engine:
     """A running engine (what :func:`open_engine` yields). Implements the HTTP ingress's
@@ -202,7 +138,7 @@ class Engine:
     codec: Codec[Any]
     bus: EventBus[Any]
     router: CommandRouter
-    plugins: dict[str, _LoadedPlugin]
+    plugins: dict[str, LoadedPlugin]
     runners: dict[str, Runner[Any]] = attrs.field(factory=dict)
     http_urls: list[str] = attrs.field(factory=list)
     #: Leases this node holds (the lock registry the runners use).
@@ -224,7 +160,7 @@ class Engine:
     #: Routes commands to their stream's owner (``None`` on a single node).
     cluster: ClusterRouter | None = attrs.field(default=None, kw_only=True)
     #: Projection name -> how it was set up.
-    projections: dict[str, _ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
+    projections: dict[str, ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
     #: Projection name -> its last rebuild on this node (state, versions, progress).
     rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
     #: The store as GET /events and /streams read it (unknown types shown raw).
@@ -294,7 +230,7 @@ class Engine:
 
     def _prepare(
         self, plugin: str, command: str, stream_id: str | None, data: Mapping[str, Any]
-    ) -> tuple[_Command, Any, str]:
+    ) -> tuple[CommandEntry, Any, str]:
         loaded = self._plugin(plugin)
         entry = loaded.commands.get(command)
         if entry is None or entry.binding.is_internal(entry.cls):
@@ -316,7 +252,7 @@ class Engine:
         return entry, value, stream_id
 
     async def _handle(
-        self, entry: _Command, value: Any, stream_id: str, command_id: str | None
+        self, entry: CommandEntry, value: Any, stream_id: str, command_id: str | None
     ) -> dict[str, Any]:
         result = await entry.handler.handle(stream_id, value, command_id=command_id)
         return {
@@ -523,7 +459,7 @@ class Engine:
     async def _rebuild(
         self,
         name: str,
-        entry: _ProjectionEntry,
+        entry: ProjectionEntry,
         runner: ProjectionRunner[Any],
         status: dict[str, Any],
     ) -> None:
@@ -534,7 +470,7 @@ class Engine:
             status["done"], status["head"] = done, head
 
         try:
-            setup = await _setup(
+            setup = await setup_projection(
                 entry.definition.setup, attrs.evolve(entry.context, version=version)
             )
 
@@ -561,7 +497,7 @@ class Engine:
             logger.info("projection %r switched to version %d at %d", name, version, position)
 
     @staticmethod
-    def _swap_queries(loaded: _LoadedPlugin, name: str, setup: ProjectionSetup) -> None:
+    def _swap_queries(loaded: LoadedPlugin, name: str, setup: ProjectionSetup) -> None:
         # Under the runner's batch lock: no reader sees the new checkpoint with the old
         # read model's queries.
         for query_name, query in setup.queries.items():
@@ -594,7 +530,9 @@ class Engine:
             if live <= runner.version or rebuilding:
                 return False
             loaded = self.plugins[entry.plugin]
-            setup = await _setup(entry.definition.setup, attrs.evolve(entry.context, version=live))
+            setup = await setup_projection(
+                entry.definition.setup, attrs.evolve(entry.context, version=live)
+            )
             switched = await runner.follow(
                 setup.handler,
                 version=live,
@@ -694,258 +632,12 @@ class Engine:
     def _plain(self, value: Any) -> Any:
         return self.codec._conv.unstructure(value)
 
-    def _plugin(self, name: str) -> _LoadedPlugin:
+    def _plugin(self, name: str) -> LoadedPlugin:
         loaded = self.plugins.get(name)
         if loaded is None:
             known = ", ".join(sorted(self.plugins)) or "none"
             raise UnknownPluginError(f"no plugin {name!r} (loaded: {known})")
         return loaded
-
-
-async def _setup(
-    definition_setup: Callable[[ProjectionContext], Any], context: ProjectionContext
-) -> ProjectionSetup:
-    setup = definition_setup(context)
-    if inspect.isawaitable(setup):
-        setup = await setup
-    if not isinstance(setup, ProjectionSetup):
-        raise PluginError(
-            f"a projection setup returned {type(setup).__qualname__}, not ProjectionSetup"
-        )
-    return setup
-
-
-async def _open_projection(
-    plugin: str,
-    definition: ProjectionDefinition,
-    context: ProjectionContext,
-    checkpoints: CheckpointStore,
-) -> tuple[_ProjectionEntry, ProjectionSetup]:
-    """Set a projection up as the version that is live for its code version.
-
-    A durable read model serves and feeds the version recorded beside the checkpoints
-    (the one the last rebuild switched to, on any node); an in-memory one starts afresh
-    as the definition's version, with its checkpoint (and version record) in memory.
-    """
-    code = definition.version
-    recorded = ProjectionVersions(checkpoints)
-    live = await recorded.live(context.name, code)
-    version = code if live is None else live
-    setup = await _setup(definition.setup, attrs.evolve(context, version=version))
-    # A transactional read model keeps its checkpoint with its rows: durable.
-    transactional = isinstance(setup.handler, TransactionalProjection)
-    durable = setup.durable or transactional
-    if durable:
-        versions = recorded
-        resolved = await recorded.resolve(context.name, code)
-    else:
-        versions = ProjectionVersions(MemoryCheckpointStore())
-        resolved = code
-    if resolved != version:
-        version = resolved
-        setup = await _setup(definition.setup, attrs.evolve(context, version=version))
-    shared = transactional if setup.shared is None else setup.shared
-    entry = _ProjectionEntry(
-        plugin,
-        definition,
-        attrs.evolve(context, version=version),
-        versions,
-        leased=durable,
-        shared=durable and shared,
-    )
-    return entry, setup
-
-
-@attrs.frozen
-class _Parts:
-    """The backends :func:`open_engine` opened, instrumented."""
-
-    nats: NatsConnection | None
-    raw_store: Any
-    store: InstrumentedStore[Any]
-    #: The same store with a codec tolerant of unknown event types (``GET /events``).
-    reader: EventStore[Any]
-    checkpoints: CheckpointStore
-    bus: EventBus[Any]
-    locks: InstrumentedLocks
-    dead_letters: DeadLetterStore
-    sql: SqlDatabase | None
-
-
-async def _open_parts(
-    stack: AsyncExitStack,
-    config: Config,
-    codec: Codec[Any],
-    profiler: Profiler,
-    metrics: EngineMetrics,
-) -> _Parts:
-    nats = await stack.enter_async_context(open_nats_from_config(config))
-    raw_store = await stack.enter_async_context(open_store_from_config(config, codec, nats=nats))
-    store: InstrumentedStore[Any] = InstrumentedStore(raw_store, profiler=profiler, metrics=metrics)
-    # GET /events and /streams show events of types no plugin knows (TolerantCodec);
-    # the same store with that codec (the memory store holds only our own types).
-    reader: EventStore[Any] = store
-    if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
-        reader = InstrumentedStore(
-            attrs.evolve(raw_store, codec=tolerant_codec(codec)),
-            profiler=profiler,
-            metrics=metrics,
-        )
-    # The memory backend keeps no checkpoints of its own: they live in memory too.
-    checkpoints: CheckpointStore = (
-        store
-        if hasattr(raw_store, "save_checkpoint")
-        else InstrumentedCheckpointStore(
-            MemoryCheckpointStore(), profiler=profiler, metrics=metrics
-        )
-    )
-    bus: EventBus[Any] = await stack.enter_async_context(
-        backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
-    )
-    locks = InstrumentedLocks(
-        await stack.enter_async_context(
-            backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
-        )
-    )
-    dead_letters: DeadLetterStore = backend(DEAD_LETTER_BACKENDS, "store", config.store.backend)(
-        config, raw_store, nats
-    )
-    sql = raw_store.transactional() if hasattr(raw_store, "transactional") else None
-    return _Parts(
-        nats=nats,
-        raw_store=raw_store,
-        store=store,
-        reader=reader,
-        checkpoints=checkpoints,
-        bus=bus,
-        locks=locks,
-        dead_letters=dead_letters,
-        sql=sql,
-    )
-
-
-def _command_handlers(
-    plugins: Sequence[Plugin],
-    parts: _Parts,
-    router: CommandRouter,
-    *,
-    node_id: str,
-    observed: tuple[EngineMetrics, EventModel, RecentErrors, Profiler],
-) -> tuple[dict[str, _LoadedPlugin], list[tuple[str, CommandHandler[Any, Any, Any]]]]:
-    """A command handler per decider binding, routed, and each plugin's commands."""
-    metrics, model, errors, profiler = observed
-    store = parts.store
-    loaded_plugins: dict[str, _LoadedPlugin] = {}
-    handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
-    for plugin in plugins:
-        loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
-        for binding in plugin.commands:
-            state_types = {type(binding.decider.initial_state())}
-            snapshots = None
-            if binding.snapshot_every and hasattr(store, "snapshots"):
-                snapshots = store.snapshots(state_types.pop())
-            handler: CommandHandler[Any, Any, Any] = CommandHandler(
-                decider=binding.decider,
-                store=store,
-                snapshots=snapshots,
-                snapshot_every=binding.snapshot_every if snapshots is not None else 0,
-                after_append=[parts.bus.publish],
-                middleware=[
-                    command_middleware(
-                        plugin=plugin.name,
-                        names={cls: name for name, cls in binding.command_names().items()},
-                        node_id=node_id,
-                        metrics=metrics,
-                        model=model,
-                        errors=errors,
-                    ),
-                    profiler_middleware(profiler),
-                ],
-            )
-            handlers.append((plugin.name, handler))
-            router.route_decider(handler)
-            for name, cls in binding.command_names().items():
-                loaded.commands[name] = _Command(cls, binding, handler)
-        loaded_plugins[plugin.name] = loaded
-    return loaded_plugins, handlers
-
-
-@attrs.frozen
-class _Runners:
-    runners: dict[str, Runner[Any]]
-    kinds: dict[str, str]
-    projections: dict[str, _ProjectionEntry]
-
-
-async def _runners(
-    config: Config,
-    plugins: Sequence[Plugin],
-    loaded_plugins: Mapping[str, _LoadedPlugin],
-    parts: _Parts,
-    router: CommandRouter,
-    model: EventModel,
-) -> _Runners:
-    """A runner per projection (set up as its live version) and per automation.
-
-    Raises:
-        PluginError: A plugin names two queries alike.
-    """
-    context = ProjectionContext(
-        store=parts.store,
-        data_dir=Path(config.engine.data_dir),
-        node_id=config.engine.node_id,
-        sql=parts.sql,
-    )
-    common: dict[str, Any] = {
-        "store": parts.store,
-        "bus": parts.bus,
-        "dead_letters": parts.dead_letters,
-        "error_policy": _error_policy(config),
-        "batch_size": config.runners.batch_size,
-        "poll_interval": config.runners.poll_interval,
-    }
-    made = _Runners(runners={}, kinds={}, projections={})
-    for plugin in plugins:
-        loaded = loaded_plugins[plugin.name]
-        for definition in plugin.projections:
-            name = f"{plugin.name}.{definition.name}"
-            entry, setup = await _open_projection(
-                plugin.name, definition, attrs.evolve(context, name=name), parts.checkpoints
-            )
-            made.projections[name] = entry
-            for query_name, query in setup.queries.items():
-                if query_name in loaded.queries:
-                    raise PluginError(f"plugin {plugin.name!r}: two queries named {query_name!r}")
-                loaded.queries[query_name] = query
-                loaded.query_runners[query_name] = name
-            made.kinds[name] = "projection"
-            made.runners[name] = ProjectionRunner(
-                name=name,
-                handler=setup.handler,
-                version=entry.context.version,
-                # An in-memory read model starts empty, so it must start from the
-                # beginning: its checkpoint lives in memory too. Only a durable read
-                # model may resume from a stored checkpoint (under a lease).
-                checkpoints=entry.versions.checkpoints,
-                locks=parts.locks if entry.leased else None,
-                start_at=StartAt(definition.start),
-                **common,
-            )
-        for reactor_name, reactor in plugin.reactors.items():
-            name = f"{plugin.name}.{reactor_name}"
-            observed, sender = observe_reactor(reactor, router, model, name)
-            registry: ReactorRegistry[Any] = ReactorRegistry(sender)
-            registry.register(name, observed)
-            made.kinds[name] = "automation"
-            made.runners[name] = AutomationRunner(
-                name=name,
-                handler=registry.handle,
-                checkpoints=parts.checkpoints,
-                locks=parts.locks,
-                start_at=StartAt(reactor.start),
-                **common,
-            )
-    return made
 
 
 @unwrap_lone_errors
@@ -980,16 +672,16 @@ async def open_engine(
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
     node_id = config.engine.node_id
     profiler = Profiler()
-    metrics = EngineMetrics(node_id=node_id, version=_version())
+    metrics = EngineMetrics(node_id=node_id, version=engine_version())
     model = EventModel.from_plugins(plugins)
     errors = RecentErrors()
     async with AsyncExitStack() as stack:
-        parts = await _open_parts(stack, config, codec, profiler, metrics)
+        parts = await open_parts(stack, config, codec, profiler, metrics)
         router = CommandRouter()
-        loaded, handlers = _command_handlers(
+        loaded, handlers = command_handlers(
             plugins, parts, router, node_id=node_id, observed=(metrics, model, errors, profiler)
         )
-        assembly = await _runners(config, plugins, loaded, parts, router, model)
+        assembly = await assemble_runners(config, plugins, loaded, parts, router, model)
         # Built once, with every plugin, projection and runner in place.
         engine = Engine(
             config,
