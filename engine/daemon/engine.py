@@ -43,7 +43,6 @@ from engine.daemon.assembly import (
     command_handlers,
     engine_version,
     open_parts,
-    setup_projection,
 )
 from engine.daemon.backends import (
     BUS_BACKENDS,
@@ -60,19 +59,16 @@ from engine.daemon.http import run_ingress
 from engine.daemon.plugins import load_plugins, merged_registry
 from engine.daemon.presenters import StatusSources, status_document
 from engine.daemon.raw_events import UnknownEventData
+from engine.daemon.rebuilds import Rebuilds, RebuildStatus
 from engine.errors import (
     EskitError,
     InvalidCommandError,
     InvalidParameterError,
     NotActiveError,
     NotCaughtUpError,
-    NotRunningError,
-    RebuildInProgressError,
-    RebuildNotActiveError,
     StreamIdRequiredError,
     UnknownCommandError,
     UnknownPluginError,
-    UnknownProjectionError,
     UnknownQueryError,
     UnknownStreamError,
 )
@@ -92,7 +88,6 @@ from engine.observability.status import (
 )
 from engine.plugin import (
     Plugin,
-    ProjectionSetup,
 )
 from engine.router import CommandRouter
 from engine.runners.base import (
@@ -162,10 +157,10 @@ class Engine:
     #: Projection name -> how it was set up.
     projections: dict[str, ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
     #: Projection name -> its last rebuild on this node (state, versions, progress).
-    rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
     #: The store as GET /events and /streams read it (unknown types shown raw).
     reader: Any = attrs.field(default=None, kw_only=True)
-    _background: trio.Nursery | None = attrs.field(default=None, kw_only=True)
+    #: Rebuilds and version switches of the projections (a service open_engine runs).
+    projection_versions: Rebuilds = attrs.field(kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
     )
@@ -395,11 +390,17 @@ class Engine:
             entry = self._plain(runner.statistics())
             if isinstance(runner, ProjectionRunner):
                 entry["version"] = runner.version
-                entry["rebuild"] = self.rebuilds.get(name)
+                rebuild = self.rebuilds.get(name)
+                entry["rebuild"] = None if rebuild is None else rebuild.to_json()
             status[name] = entry
         return status
 
     # -- rebuilding ---------------------------------------------------------------------
+
+    @property
+    def rebuilds(self) -> Mapping[str, RebuildStatus]:
+        """The last rebuild of each projection on this node."""
+        return self.projection_versions.statuses
 
     async def rebuild_projection(self, name: str) -> dict[str, Any]:
         """Start building projection ``name`` again from position 0, beside the live one.
@@ -420,143 +421,13 @@ class Engine:
                 holds its lease).
             NotRunningError: The engine is not running its runners.
         """
-        entry = self.projections.get(name)
-        runner = self.runners.get(name)
-        if entry is None or not isinstance(runner, ProjectionRunner):
-            raise UnknownProjectionError(f"no projection {name!r}")
-        current = self.rebuilds.get(name)
-        if current is not None and current["state"] == "running":
-            raise RebuildInProgressError(f"{name!r} is being rebuilt already")
-        if runner.locks is not None and runner.statistics().state is RunnerState.STANDBY:
-            owner = await runner.locks.owner(runner.lease_key)
-            raise RebuildNotActiveError(name, owner)
-        if self._background is None:
-            raise NotRunningError("the engine is not running its runners")
-        status: dict[str, Any] = {
-            "state": "running",
-            "from_version": runner.version,
-            "version": None,
-            "done": 0,
-            "head": 0,
-            "error": None,
-        }
-        self.rebuilds[name] = status
-        try:
-            # Taken for good before anything is set up: a version is never built twice,
-            # whatever happens to this rebuild or this process.
-            status["version"] = await entry.versions.allocate(name, above=runner.version)
-            status["head"] = await self.store.head_position()
-        except BaseException:
-            if current is None:
-                del self.rebuilds[name]
-            else:
-                self.rebuilds[name] = current
-            raise
-        self._background.start_soon(self._rebuild, name, entry, runner, status)
-        await trio.lowlevel.checkpoint()
-        return {"projection": name, **status}
-
-    async def _rebuild(
-        self,
-        name: str,
-        entry: ProjectionEntry,
-        runner: ProjectionRunner[Any],
-        status: dict[str, Any],
-    ) -> None:
-        loaded = self.plugins[entry.plugin]
-        version = status["version"]
-
-        def progress(done: int, head: int) -> None:
-            status["done"], status["head"] = done, head
-
-        try:
-            setup = await setup_projection(
-                entry.definition.setup, attrs.evolve(entry.context, version=version)
-            )
-
-            old = runner.version
-
-            async def commit() -> None:
-                # Durable before the switch: a restart, or any other node, serves the
-                # new version from now on (a conflict means another node switched).
-                await entry.versions.switch(name, entry.definition.version, old=old, new=version)
-
-            logger.info("rebuilding projection %r as version %d", name, version)
-            position = await runner.rebuild(
-                setup.handler,
-                version=version,
-                progress=progress,
-                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
-                commit=commit,
-            )
-        except Exception as exc:
-            logger.exception("rebuilding projection %r failed", name)
-            status["state"], status["error"] = "failed", redact_text(f"{type(exc).__name__}: {exc}")
-        else:
-            status["state"], status["done"] = "done", position
-            logger.info("projection %r switched to version %d at %d", name, version, position)
-
-    @staticmethod
-    def _swap_queries(loaded: LoadedPlugin, name: str, setup: ProjectionSetup) -> None:
-        # Under the runner's batch lock: no reader sees the new checkpoint with the old
-        # read model's queries.
-        for query_name, query in setup.queries.items():
-            if loaded.query_runners.get(query_name) == name:
-                loaded.queries[query_name] = query
+        status = await self.projection_versions.start(name)
+        return {"projection": name, **status.to_json()}
 
     async def follow_projection(self, name: str) -> bool:
-        """Bring projection ``name`` on this node to the version recorded as live.
-
-        A rebuild on another node (or before a restart) switches the record; this node
-        then sets that version up (its plugin's setup, for a SQL read model the new
-        tables) and switches its runner and queries to it. Only for a durable read model
-        whose runner is leased (one active node at a time); others are per node.
-
-        Returns:
-            True when this node switched.
-        """
-        entry = self.projections[name]
-        runner = self.runners[name]
-        if not entry.leased or not isinstance(runner, ProjectionRunner):
-            await trio.lowlevel.checkpoint()
-            return False
-        # A code version's live version only ever grows (each rebuild takes a new,
-        # higher one), so a stale read can never switch a node back.
-        live = await entry.versions.live(name, entry.definition.version)
-        if live is None or live <= runner.version:
-            return False  # the common case: no lock, so queries never queue here
-        async with entry.switching:
-            rebuilding = (self.rebuilds.get(name) or {}).get("state") == "running"
-            if live <= runner.version or rebuilding:
-                return False
-            loaded = self.plugins[entry.plugin]
-            setup = await setup_projection(
-                entry.definition.setup, attrs.evolve(entry.context, version=live)
-            )
-            switched = await runner.follow(
-                setup.handler,
-                version=live,
-                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
-            )
-        if switched:
-            logger.info("projection %r follows version %d (switched elsewhere)", name, live)
-        return switched
-
-    async def run_followers(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Every ``runners.poll_interval``: follow version switches made elsewhere and,
-        where a runner stands by, read the active node's checkpoint (for ``/runners``
-        and read-your-writes). A service: runs until cancelled."""
-        task_status.started()
-        while True:
-            await trio.sleep(self.config.runners.poll_interval)
-            for name, entry in self.projections.items():
-                if entry.leased:
-                    await self.follow_projection(name)
-            for name, runner in self.runners.items():
-                projection = self.projections.get(name)
-                # A read model only the active node has keeps its own (local) progress.
-                if runner.following and (projection is None or projection.shared):
-                    await runner.refresh(head=True)
+        """Bring projection ``name`` on this node to the version recorded as live (see
+        :meth:`~engine.daemon.rebuilds.Rebuilds.follow`); ``True`` when it switched."""
+        return await self.projection_versions.follow(name)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every runner runs (or stands by) and lags at most ``runners.ready_lag``."""
@@ -682,6 +553,13 @@ async def open_engine(
             plugins, parts, router, node_id=node_id, observed=(metrics, model, errors, profiler)
         )
         assembly = await assemble_runners(config, plugins, loaded, parts, router, model)
+        rebuilds = Rebuilds(
+            parts.store,
+            loaded,
+            assembly.projections,
+            assembly.runners,
+            poll_interval=config.runners.poll_interval,
+        )
         # Built once, with every plugin, projection and runner in place.
         engine = Engine(
             config,
@@ -701,6 +579,7 @@ async def open_engine(
             started_at=trio.current_time(),
             projections=assembly.projections,
             reader=parts.reader,
+            projection_versions=rebuilds,
         )
         nats, locks, bus = parts.nats, parts.locks, parts.bus
 
@@ -736,9 +615,9 @@ async def open_engine(
                 runner.locks is not None for runner in engine.runners.values()
             ):
                 await runners.start(
-                    functools.partial(run_supervised, name="followers"), engine.run_followers
+                    functools.partial(run_supervised, name="followers"), rebuilds.run_followers
                 )
-            engine._background = runners
+            await runners.start(rebuilds.run)
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
                     engine.http_urls = await ingress.start(
