@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -38,6 +38,7 @@ from engine.codec import ORJSON, Codec, explain_structure_error, make_converter
 from engine.daemon.assembly import (
     CommandEntry,
     LoadedPlugin,
+    Parts,
     ProjectionEntry,
     assemble_runners,
     command_handlers,
@@ -61,6 +62,7 @@ from engine.daemon.presenters import StatusSources, status_document
 from engine.daemon.raw_events import UnknownEventData
 from engine.daemon.rebuilds import Rebuilds, RebuildStatus
 from engine.errors import (
+    ConfigError,
     EskitError,
     InvalidCommandError,
     InvalidParameterError,
@@ -511,6 +513,49 @@ class Engine:
         return loaded
 
 
+def _configured_plugins(config: Config) -> Sequence[Plugin]:
+    """The plugins ``[plugins]`` selects (entry points, paths and modules)."""
+    return load_plugins(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
+    )
+
+
+def _open_routing(engine: Engine, parts: Parts) -> AbstractAsyncContextManager[ClusterRouter]:
+    """Cluster command routing: this node's commands go to their stream's owner."""
+    config = engine.config
+    if parts.nats is None:
+        raise ConfigError("cluster command routing needs a NATS connection ([nats] url)")
+    return open_cluster_router(
+        parts.nats,
+        parts.locks,
+        node_id=config.engine.node_id,
+        namespace=config.store.namespace,
+        handle_local=engine.handle_local,
+        describe_error=engine.describe_error,
+        forward_timeout=config.cluster.forward_timeout,
+        idle_release=config.cluster.idle_release,
+        take_timeout=config.cluster.take_timeout,
+    )
+
+
+async def _start_runners(nursery: trio.Nursery, engine: Engine, rebuilds: Rebuilds) -> None:
+    """Every runner under the supervisor, the history sampler, the followers of version
+    switches made elsewhere (where a runner is leased) and the rebuild service."""
+    for name, runner in engine.runners.items():
+        await nursery.start(functools.partial(run_supervised, name=name), runner.run)
+    await nursery.start(engine.history.run, engine.runner_statistics, engine.errors)
+    if any(entry.leased for entry in engine.projections.values()) or any(
+        runner.locks is not None for runner in engine.runners.values()
+    ):
+        await nursery.start(
+            functools.partial(run_supervised, name="followers"), rebuilds.run_followers
+        )
+    await nursery.start(rebuilds.run)
+
+
 @unwrap_lone_errors
 @asynccontextmanager
 async def open_engine(
@@ -534,12 +579,7 @@ async def open_engine(
         raises :class:`~engine.runners.supervisor.ServiceFailedError` out of the block.
     """
     if plugins is None:
-        plugins = load_plugins(
-            config.plugins.enabled,
-            paths=config.plugins.paths,
-            modules=config.plugins.modules,
-            settings=config.plugins.settings,
-        )
+        plugins = _configured_plugins(config)
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
     node_id = config.engine.node_id
     profiler = Profiler()
@@ -581,43 +621,19 @@ async def open_engine(
             reader=parts.reader,
             projection_versions=rebuilds,
         )
-        nats, locks, bus = parts.nats, parts.locks, parts.bus
-
         if config.routes_commands():
-            assert nats is not None
-            engine.cluster = await stack.enter_async_context(
-                open_cluster_router(
-                    nats,
-                    locks,
-                    node_id=node_id,
-                    namespace=config.store.namespace,
-                    handle_local=engine.handle_local,
-                    describe_error=engine.describe_error,
-                    forward_timeout=config.cluster.forward_timeout,
-                    idle_release=config.cluster.idle_release,
-                    take_timeout=config.cluster.take_timeout,
-                )
-            )
+            engine.cluster = await stack.enter_async_context(_open_routing(engine, parts))
         metrics.watch(
             MetricSources(
                 runners=engine.runner_statistics,
                 handlers=lambda: [(name, h.statistics()) for name, h in handlers],
-                locks=locks,
-                bus=bus,
+                locks=parts.locks,
+                bus=parts.bus,
                 profiler=profiler,
             )
         )
         async with trio.open_nursery() as runners:
-            for name, runner in engine.runners.items():
-                await runners.start(functools.partial(run_supervised, name=name), runner.run)
-            await runners.start(engine.history.run, engine.runner_statistics, errors)
-            if any(entry.leased for entry in engine.projections.values()) or any(
-                runner.locks is not None for runner in engine.runners.values()
-            ):
-                await runners.start(
-                    functools.partial(run_supervised, name="followers"), rebuilds.run_followers
-                )
-            await runners.start(rebuilds.run)
+            await _start_runners(runners, engine, rebuilds)
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
                     engine.http_urls = await ingress.start(
