@@ -20,14 +20,13 @@ from engine.bus.base import EventBus
 from engine.codec import Codec
 from engine.daemon.backends import (
     BUS_BACKENDS,
-    DEAD_LETTER_BACKENDS,
     LOCK_BACKENDS,
+    SnapshotFactory,
     backend,
     open_nats_from_config,
-    open_store_from_config,
+    open_storage,
 )
 from engine.daemon.config import Config
-from engine.daemon.raw_events import tolerant_codec
 from engine.drivers.nats import NatsConnection
 from engine.errors import (
     PluginError,
@@ -38,6 +37,7 @@ from engine.observability.commands import command_middleware
 from engine.observability.instrumented import (
     InstrumentedCheckpointStore,
     InstrumentedLocks,
+    InstrumentedSnapshotStore,
     InstrumentedStore,
 )
 from engine.observability.metrics import EngineMetrics
@@ -69,9 +69,10 @@ from engine.stores.base import (
     CheckpointStore,
     DeadLetterStore,
     EventStore,
+    SnapshotStore,
     SqlDatabase,
 )
-from engine.stores.memory import MemoryCheckpointStore, MemoryStore
+from engine.stores.memory import MemoryCheckpointStore
 
 __all__ = [
     "CommandEntry",
@@ -194,14 +195,14 @@ async def open_projection(
 
 @attrs.frozen
 class Parts:
-    """The backends :func:`open_engine` opened, instrumented."""
+    """The backends :func:`open_parts` opened, each wrapped by the instrumentation."""
 
     nats: NatsConnection | None
-    raw_store: Any
     store: InstrumentedStore[Any]
     #: The same store with a codec tolerant of unknown event types (``GET /events``).
     reader: EventStore[Any]
     checkpoints: CheckpointStore
+    snapshots: SnapshotFactory | None
     bus: EventBus[Any]
     locks: InstrumentedLocks
     dead_letters: DeadLetterStore
@@ -215,48 +216,44 @@ async def open_parts(
     profiler: Profiler,
     metrics: EngineMetrics,
 ) -> Parts:
+    """Open NATS, the store's bundle, the bus and the locks on ``stack``; wrap each part
+    of the bundle field by field (a backend without checkpoints gets them in memory)."""
     nats = await stack.enter_async_context(open_nats_from_config(config))
-    raw_store = await stack.enter_async_context(open_store_from_config(config, codec, nats=nats))
-    store: InstrumentedStore[Any] = InstrumentedStore(raw_store, profiler=profiler, metrics=metrics)
-    # GET /events and /streams show events of types no plugin knows (TolerantCodec);
-    # the same store with that codec (the memory store holds only our own types).
-    reader: EventStore[Any] = store
-    if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
-        reader = InstrumentedStore(
-            attrs.evolve(raw_store, codec=tolerant_codec(codec)),
-            profiler=profiler,
-            metrics=metrics,
-        )
-    # The memory backend keeps no checkpoints of its own: they live in memory too.
-    checkpoints: CheckpointStore = (
-        store
-        if hasattr(raw_store, "save_checkpoint")
-        else InstrumentedCheckpointStore(
-            MemoryCheckpointStore(), profiler=profiler, metrics=metrics
-        )
+    storage = await stack.enter_async_context(open_storage(config, codec, nats=nats))
+    store: InstrumentedStore[Any] = InstrumentedStore(
+        storage.events, profiler=profiler, metrics=metrics
     )
+    reader: EventStore[Any] = store
+    if storage.reader is not storage.events:
+        reader = InstrumentedStore(storage.reader, profiler=profiler, metrics=metrics)
+    checkpoints = InstrumentedCheckpointStore(
+        storage.checkpoints or MemoryCheckpointStore(), profiler=profiler, metrics=metrics
+    )
+    snapshots: SnapshotFactory | None = None
+    if storage.snapshots is not None:
+        make = storage.snapshots
+
+        def snapshots(state_type: type[Any]) -> SnapshotStore[Any]:
+            return InstrumentedSnapshotStore(make(state_type), profiler=profiler, metrics=metrics)
+
     bus: EventBus[Any] = await stack.enter_async_context(
         backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
     )
     locks = InstrumentedLocks(
         await stack.enter_async_context(
-            backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
+            backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, storage.native)
         )
     )
-    dead_letters: DeadLetterStore = backend(DEAD_LETTER_BACKENDS, "store", config.store.backend)(
-        config, raw_store, nats
-    )
-    sql = raw_store.transactional() if hasattr(raw_store, "transactional") else None
     return Parts(
         nats=nats,
-        raw_store=raw_store,
         store=store,
         reader=reader,
         checkpoints=checkpoints,
+        snapshots=snapshots,
         bus=bus,
         locks=locks,
-        dead_letters=dead_letters,
-        sql=sql,
+        dead_letters=storage.dead_letters,
+        sql=storage.sql,
     )
 
 
@@ -278,8 +275,8 @@ def command_handlers(
         for binding in plugin.commands:
             state_types = {type(binding.decider.initial_state())}
             snapshots = None
-            if binding.snapshot_every and hasattr(store, "snapshots"):
-                snapshots = store.snapshots(state_types.pop())
+            if binding.snapshot_every and parts.snapshots is not None:
+                snapshots = parts.snapshots(state_types.pop())
             handler: CommandHandler[Any, Any, Any] = CommandHandler(
                 decider=binding.decider,
                 store=store,

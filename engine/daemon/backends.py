@@ -17,11 +17,13 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from engine.bus.channel import ChannelEventBus
 from engine.codec import Codec
 from engine.daemon.config import Config, NatsConfig
+from engine.daemon.raw_events import tolerant_codec
 from engine.drivers.nats import NatsConnection, open_nats
 from engine.drivers.nats_server import EmbeddedNats
 from engine.errors import (
@@ -33,7 +35,13 @@ from engine.locks.memory import MemoryLockRegistry
 from engine.observability.logging import redact_text
 from engine.runners.memory import MemoryDeadLetterStore
 from engine.runners.supervisor import RestartPolicy, run_supervised
-from engine.stores.base import DeadLetterStore
+from engine.stores.base import (
+    CheckpointStore,
+    DeadLetterStore,
+    EventStore,
+    SnapshotStore,
+    SqlDatabase,
+)
 from engine.stores.memory import MemoryStore
 
 __all__ = [
@@ -41,10 +49,14 @@ __all__ = [
     "DEAD_LETTER_BACKENDS",
     "LOCK_BACKENDS",
     "NATS_SERVER_POLICY",
+    "STORAGE_BUNDLES",
     "STORE_BACKENDS",
+    "SnapshotFactory",
+    "Storage",
     "backend",
     "nats_connect_options",
     "open_nats_from_config",
+    "open_storage",
     "open_store_from_config",
 ]
 
@@ -233,6 +245,121 @@ def open_store_from_config(
         nats: A NATS connection to share; without one a NATS store opens its own.
     """
     return STORE_BACKENDS[config.store.backend](config, codec, nats)
+
+
+#: Makes the snapshot store of one state type.
+SnapshotFactory = Callable[[type[Any]], SnapshotStore[Any]]
+
+
+@attrs.frozen(kw_only=True)
+class Storage:
+    """What a store backend provides, typed: the engine asks the bundle, never the store.
+
+    Attributes:
+        events: The event store.
+        reader: The same events decoded by a codec that shows unknown types raw
+            (``GET /events``); the event store itself where it holds only our types.
+        checkpoints: Where runners save their checkpoints, beside the events; ``None``
+            for a backend that keeps none (the engine keeps them in memory).
+        snapshots: Makes a snapshot store per state type; ``None`` without snapshots.
+        dead_letters: Where runners park the events they give up on, beside the events
+            (same file, schema or namespace), so every node sees the same ones.
+        sql: The store's SQL database for read models in the same transactions;
+            ``None`` for a backend that is not SQL.
+        native: The backend's own store object, for what shares its connections (the
+            PostgreSQL advisory locks).
+    """
+
+    events: EventStore[Any]
+    reader: EventStore[Any]
+    checkpoints: CheckpointStore | None
+    snapshots: SnapshotFactory | None
+    dead_letters: DeadLetterStore
+    sql: SqlDatabase | None
+    native: object
+
+
+def _memory_storage(config: Config, codec: Codec[Any], store: Any, nats: object) -> Storage:
+    return Storage(
+        events=store,
+        reader=store,
+        checkpoints=None,
+        snapshots=None,
+        dead_letters=MemoryDeadLetterStore(),
+        sql=None,
+        native=store,
+    )
+
+
+def _sqlite_storage(config: Config, codec: Codec[Any], store: Any, nats: object) -> Storage:
+    from engine.stores.sqlite_dead_letters import sqlite_dead_letters
+
+    return Storage(
+        events=store,
+        reader=attrs.evolve(store, codec=tolerant_codec(codec)),
+        checkpoints=store,
+        snapshots=store.snapshots,
+        dead_letters=sqlite_dead_letters(store),
+        sql=store.transactional(),
+        native=store,
+    )
+
+
+def _postgres_storage(config: Config, codec: Codec[Any], store: Any, nats: object) -> Storage:
+    from engine.stores.postgres_dead_letters import postgres_dead_letters
+
+    return Storage(
+        events=store,
+        reader=attrs.evolve(store, codec=tolerant_codec(codec)),
+        checkpoints=store,
+        snapshots=store.snapshots,
+        dead_letters=postgres_dead_letters(store),
+        sql=store.transactional(),
+        native=store,
+    )
+
+
+def _nats_storage(
+    config: Config, codec: Codec[Any], store: Any, nats: NatsConnection | None
+) -> Storage:
+    from engine.stores.nats_dead_letters import nats_dead_letters
+
+    if nats is None:
+        raise ConfigError("the NATS store's dead letters need the engine's NATS connection")
+    return Storage(
+        events=store,
+        reader=attrs.evolve(store, codec=tolerant_codec(codec)),
+        checkpoints=store,
+        snapshots=store.snapshots,
+        dead_letters=nats_dead_letters(nats, store.namespace),
+        sql=None,
+        native=store,
+    )
+
+
+#: ``store.backend`` -> the bundle of what its opened store provides.
+STORAGE_BUNDLES: Mapping[
+    str, Callable[[Config, Codec[Any], Any, NatsConnection | None], Storage]
+] = {
+    "memory": _memory_storage,
+    "sqlite": _sqlite_storage,
+    "postgres": _postgres_storage,
+    "nats": _nats_storage,
+}
+
+
+@asynccontextmanager
+async def open_storage(
+    config: Config, codec: Codec[Any], *, nats: NatsConnection | None = None
+) -> AsyncIterator[Storage]:
+    """Open the store the config names and yield the bundle of what it provides.
+
+    Raises:
+        ConfigError: An unknown backend, or the NATS backend without a connection.
+    """
+    bundle = backend(STORAGE_BUNDLES, "store", config.store.backend)
+    async with open_store_from_config(config, codec, nats=nats) as store:
+        yield bundle(config, codec, store, nats)
 
 
 @asynccontextmanager
