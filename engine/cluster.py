@@ -42,7 +42,7 @@ import orjson
 import trio
 
 from engine.drivers.nats import InMsg, NatsConnection, NoRespondersError, StoredMsg
-from engine.errors import EskitError, LockNotHeldError
+from engine.errors import EskitError, LockNotHeldError, error_codes
 from engine.groups import unwrap_lone_errors
 from engine.locks.base import LockRegistry
 
@@ -102,21 +102,28 @@ class UnknownOutcomeError(EskitError, TimeoutError):
 class RemoteCommandError(EskitError):
     """The node that handled a forwarded command refused it or failed.
 
+    It carries the owner's codes, never an HTTP status: the ingress maps the first
+    of ``codes`` it knows, as it maps a local error's class.
+
     Attributes:
-        status: The HTTP status the owner gave the error (422 for a domain rejection...).
         error_code: The owner's stable error code (``insufficient_funds``...).
         message: The owner's message.
         node: The node that handled the command.
+        codes: The codes of the owner's error from the most specific to ``eskit_error``
+            (``insufficient_funds``, ``domain_rejected``, ...; empty for an internal error),
+            see :func:`engine.errors.error_codes`.
     """
 
     code = "remote_error"
 
-    def __init__(self, status: int, error_code: str, message: str, node: str) -> None:
-        super().__init__(status, error_code, message, node)
-        self.status = status
+    def __init__(
+        self, error_code: str, message: str, node: str, codes: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(error_code, message, node, codes)
         self.error_code = error_code
         self.message = message
         self.node = node
+        self.codes = codes or (error_code,)
 
     def __str__(self) -> str:
         return self.message
@@ -196,8 +203,8 @@ _OWNER_GONE = StoredMsg("", 0, b"", {})
 
 #: Handles a command on this node and returns the JSON-ready result.
 LocalHandler = Callable[[CommandRequest], Awaitable[dict[str, Any]]]
-#: ``(status, code, message)`` of an error, as the HTTP ingress would answer it.
-ErrorDescriber = Callable[[BaseException], tuple[int, str, str]]
+#: The message sent back for an error (its codes go along, see ``error_codes``).
+ErrorDescriber = Callable[[BaseException], str]
 
 
 @attrs.define(eq=False)
@@ -222,7 +229,8 @@ class ClusterRouter:
         node_id: This node's id (the lease owner name and the request subject).
         namespace: Prefix of the request subjects (``<namespace>.cmd.<node_id>``).
         handle_local: Runs a command on this node.
-        describe_error: How an error looks over HTTP, to send it back to the caller.
+        describe_error: The message sent back to the caller for an error (its codes
+            go with it).
         forward_timeout: Seconds before a forwarded command's outcome is unknown.
         idle_release: Seconds a stream's lease is kept after its last command.
         take_timeout: Seconds to wait for the lease of a stream nobody owned.
@@ -316,9 +324,8 @@ class ClusterRouter:
         answer = orjson.loads(reply.data)
         if "error" in answer:
             error = answer["error"]
-            raise RemoteCommandError(
-                int(error["status"]), str(error["code"]), str(error["message"]), owner
-            )
+            codes = tuple(str(code) for code in error.get("codes", ()))
+            raise RemoteCommandError(str(error["code"]), str(error["message"]), owner, codes)
         result: dict[str, Any] = answer["result"]
         return result
 
@@ -418,6 +425,9 @@ class ClusterRouter:
         ):
             self._nursery = nursery
             limit = trio.Semaphore(MAX_SERVING)
+            # Started once the server has the subscription: a command forwarded here
+            # right after start-up finds a responder instead of "no responders".
+            await self.connection.flush()
             task_status.started(self)
             try:
                 async for msg in sub.messages:
@@ -432,7 +442,13 @@ class ClusterRouter:
             try:
                 request = CommandRequest.from_json(msg.data)
             except (ValueError, KeyError) as exc:
-                answer = {"error": {"status": 400, "code": "bad_request", "message": str(exc)}}
+                answer = {
+                    "error": {
+                        "code": "bad_request",
+                        "codes": ["bad_request", "codec_error"],
+                        "message": str(exc),
+                    }
+                }
             else:
                 answer = await self._answer(request)
             if msg.reply:
@@ -454,8 +470,13 @@ class ClusterRouter:
                 # Never forwarded twice: the sender thought this node owns it.
                 result = await self._run_unowned(request)
         except Exception as exc:
-            status, code, message = self.describe_error(exc)
-            return {"error": {"status": status, "code": code, "message": message}}
+            codes = error_codes(exc)
+            error = {
+                "code": codes[0] if codes else "internal_error",
+                "codes": list(codes),
+                "message": self.describe_error(exc),
+            }
+            return {"error": error}
         return {"result": result}
 
 

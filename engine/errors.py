@@ -26,15 +26,24 @@ __all__ = [
     "InvalidParameterError",
     "InvalidStreamIdError",
     "LockNotHeldError",
+    "NotActiveError",
     "NotCaughtUpError",
     "NotFoundError",
+    "NotRunningError",
     "OutcomeUnknownError",
     "PluginError",
+    "RebuildInProgressError",
+    "RebuildNotActiveError",
     "RetriesExhaustedError",
     "StorageFullError",
+    "StreamIdRequiredError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownPluginError",
+    "UnknownProjectionError",
+    "UnknownQueryError",
     "UnknownStreamError",
+    "error_codes",
 ]
 
 
@@ -214,6 +223,40 @@ class NotFoundError(EskitError, LookupError):
     code = "not_found"
 
 
+class UnknownPluginError(NotFoundError):
+    """No plugin of that name is loaded in the engine."""
+
+    code = "unknown_plugin"
+
+
+class UnknownQueryError(NotFoundError):
+    """A plugin has no query of that name."""
+
+    code = "unknown_query"
+
+
+class UnknownProjectionError(NotFoundError):
+    """No projection of that name runs in the engine (its code stays ``not_found``)."""
+
+
+class StreamIdRequiredError(EskitError, ValueError):
+    """A command was sent without a stream id, and its plugin does not derive one from it."""
+
+    code = "stream_id_required"
+
+
+class RebuildInProgressError(EskitError):
+    """A rebuild of that projection runs already: wait for it (its progress is in the status)."""
+
+    code = "rebuild_in_progress"
+
+
+class NotRunningError(EskitError):
+    """The engine is not running its runners (not started yet, or shutting down): retry later."""
+
+    code = "not_running"
+
+
 class UnknownStreamError(NotFoundError):
     """A stream has no events: it was never written to (HTTP 404)."""
 
@@ -343,6 +386,14 @@ class BackendRefusedError(BackendError):
     code = "backend_refused"
 
 
+class RebuildNotActiveError(NotActiveError):
+    """A rebuild was asked of a node whose runner stands by: ask the node holding its lease."""
+
+    def __str__(self) -> str:
+        where = "another node" if self.owner is None else f"node {self.owner!r}"
+        return f"{self.what!r} is active on {where}: rebuild it there"
+
+
 class StorageFullError(EskitError, OSError):
     """The store's disk (or database) is full: nothing was written; retry once there is room."""
 
@@ -365,3 +416,18 @@ class PluginError(EskitError, ImportError):
     """A plugin could not be loaded; the message names the distribution."""
 
     code = "plugin_error"
+
+
+def error_codes(error: BaseException) -> tuple[str, ...]:
+    """The stable codes of an error from the most specific to ``eskit_error``.
+
+    What a node sends for an error another node raised: the receiver maps the first code
+    it knows (a plugin's ``insufficient_funds`` falls back to ``domain_rejected``). Empty
+    for an error outside the tree (an internal error).
+    """
+    codes: list[str] = []
+    for cls in type(error).__mro__:
+        code = vars(cls).get("code")
+        if issubclass(cls, EskitError) and isinstance(code, str) and code not in codes:
+            codes.append(code)
+    return tuple(codes)

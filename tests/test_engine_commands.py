@@ -15,6 +15,7 @@ from engine import CommandBinding, Decider, EventRegistry, Plugin
 from engine.cluster import CommandRequest
 from engine.daemon.config import Config, parse_config
 from engine.daemon.engine import Engine, open_engine
+from engine.daemon.http import status_for
 from engine.errors import CodecError, InvalidCommandError, PluginError, UnknownStreamError
 from tests.conftest import NatsTarget, PgTarget
 from tests.daemon.test_engine import http, wait_for
@@ -278,7 +279,7 @@ async def test_internal_commands_are_unknown_from_outside_and_sent_by_automation
     )
     with pytest.raises(Exception, match="has no command 'ReserveStock'") as info:
         await engine.handle_local(request)
-    assert engine.describe_error(info.value)[:2] == (404, "unknown_command")
+    assert status_for(info.value) == (404, "unknown_command")
     assert await engine.store.head_position() == 0
     for stream_id, command, data in [
         ("inventory-book", "Restock", {"quantity": 3}),

@@ -23,12 +23,9 @@ throughput for the status page.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -36,36 +33,52 @@ import cattrs
 import trio
 
 from engine.bus.base import EventBus
-from engine.bus.channel import ChannelEventBus
 from engine.cluster import ClusterRouter, CommandRequest, open_cluster_router
-from engine.codec import ORJSON, Codec, EventRegistry, explain_structure_error, make_converter
-from engine.daemon.config import Config, NatsConfig
-from engine.daemon.http import HttpError, run_ingress, status_for
-from engine.daemon.plugins import load_plugins
-from engine.daemon.raw_events import UnknownEventData, tolerant_codec
-from engine.drivers.nats import NatsConnection, open_nats
-from engine.drivers.nats_server import EmbeddedNats
+from engine.codec import ORJSON, Codec, explain_structure_error, make_converter
+from engine.daemon.assembly import (
+    CommandEntry,
+    LoadedPlugin,
+    Parts,
+    ProjectionEntry,
+    assemble_runners,
+    command_handlers,
+    engine_version,
+    open_parts,
+)
+from engine.daemon.backends import (
+    BUS_BACKENDS,
+    DEAD_LETTER_BACKENDS,
+    LOCK_BACKENDS,
+    NATS_SERVER_POLICY,
+    STORE_BACKENDS,
+    nats_connect_options,
+    open_nats_from_config,
+    open_store_from_config,
+)
+from engine.daemon.config import Config
+from engine.daemon.http import run_ingress
+from engine.daemon.plugins import load_plugins, merged_registry
+from engine.daemon.presenters import StatusSources, status_document
+from engine.daemon.raw_events import UnknownEventData
+from engine.daemon.rebuilds import Rebuilds, RebuildStatus
 from engine.errors import (
-    BackendError,
     ConfigError,
-    DuplicateEventTypeError,
+    EskitError,
     InvalidCommandError,
+    InvalidParameterError,
     NotActiveError,
     NotCaughtUpError,
-    PluginError,
+    StreamIdRequiredError,
+    UnknownCommandError,
+    UnknownPluginError,
+    UnknownQueryError,
     UnknownStreamError,
 )
 from engine.events import Event
 from engine.groups import unwrap_lone_errors
-from engine.handler import CommandHandler
-from engine.locks.base import LockRegistry
 from engine.locks.memory import MemoryLockRegistry
-from engine.middleware import profiler_middleware
-from engine.observability.commands import command_middleware
 from engine.observability.instrumented import (
-    InstrumentedCheckpointStore,
     InstrumentedLocks,
-    InstrumentedStore,
 )
 from engine.observability.logging import redact_text
 from engine.observability.metrics import CONTENT_TYPE, EngineMetrics, MetricSources
@@ -74,41 +87,32 @@ from engine.observability.status import (
     EventModel,
     RecentErrors,
     RunnerHistory,
-    observe_reactor,
-    status_document,
 )
 from engine.plugin import (
-    CommandBinding,
     Plugin,
-    ProjectionContext,
-    ProjectionDefinition,
-    ProjectionSetup,
-    Query,
 )
-from engine.reactor import ReactorRegistry
 from engine.router import CommandRouter
 from engine.runners.base import (
-    ErrorPolicy,
-    OnFailure,
     RunnerState,
     RunnerStatistics,
-    StartAt,
-    TransactionalProjection,
 )
 from engine.runners.memory import MemoryDeadLetterStore
-from engine.runners.runner import AutomationRunner, ProjectionRunner, Runner
-from engine.runners.supervisor import RestartPolicy, run_supervised
-from engine.runners.versions import ProjectionVersions
-from engine.stores.base import CheckpointStore, DeadLetter, DeadLetterStore
+from engine.runners.runner import ProjectionRunner, Runner
+from engine.runners.supervisor import run_supervised
+from engine.stores.base import (
+    DeadLetter,
+    DeadLetterStore,
+)
 from engine.stores.dead_letter_encoding import letter_document
-from engine.stores.memory import MemoryCheckpointStore, MemoryStore
 
 __all__ = [
     "BUS_BACKENDS",
     "DEAD_LETTER_BACKENDS",
     "LOCK_BACKENDS",
+    "NATS_SERVER_POLICY",
     "STORE_BACKENDS",
     "Engine",
+    "merged_registry",
     "nats_connect_options",
     "open_engine",
     "open_nats_from_config",
@@ -121,393 +125,6 @@ logger = logging.getLogger("eskit.engine")
 READ_YOUR_WRITES_TIMEOUT = 5.0
 
 
-#: How the embedded nats-server is restarted: quickly at first, and the engine stops
-#: (with the server's log in the error) when restarting does not help.
-NATS_SERVER_POLICY = RestartPolicy(max_restarts=5, window=60.0, backoff_initial=0.2)
-
-
-def nats_connect_options(nats: NatsConfig) -> dict[str, Any]:
-    """The ``nats.connect`` options of ``[nats]``: authentication and TLS.
-
-    Raises:
-        ConfigError: A TLS file cannot be read.
-    """
-    options: dict[str, Any] = {}
-    if nats.token:
-        options["token"] = nats.token
-    if nats.user:
-        options["user"] = nats.user
-        options["password"] = nats.password
-    if nats.credentials:
-        options["user_credentials"] = str(Path(nats.credentials).expanduser())
-    if nats.nkey_seed:
-        options["nkeys_seed"] = str(Path(nats.nkey_seed).expanduser())
-    if nats.tls_ca or nats.tls_cert:
-        try:
-            context = ssl.create_default_context(cafile=nats.tls_ca or None)
-            if nats.tls_cert:
-                context.load_cert_chain(nats.tls_cert, nats.tls_key or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"nats.tls_*: cannot load the TLS files: {exc}") from None
-        options["tls"] = context
-    return options
-
-
-@unwrap_lone_errors
-@asynccontextmanager
-async def open_nats_from_config(config: Config) -> AsyncIterator[NatsConnection | None]:
-    """The engine's one NATS connection, or ``None`` when nothing needs NATS.
-
-    With ``nats.embedded`` the connection goes to a ``nats-server`` started here under
-    the supervisor (restarted when it exits or fails its health check); the client
-    reconnects to it on the same port.
-    """
-    if not (config.uses_nats() or config.routes_commands()):
-        await trio.lowlevel.checkpoint()
-        yield None
-        return
-    name = f"eskit-{config.engine.node_id}"
-    if not config.nats.embedded:
-        async with open_nats(
-            config.nats.url, name=name, **nats_connect_options(config.nats)
-        ) as connection:
-            yield connection
-        return
-    server = EmbeddedNats.create(
-        config.data_path("nats"), host=config.nats.embedded_host, port=config.nats.embedded_port
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(run_supervised, name="nats-server", policy=NATS_SERVER_POLICY),
-            server.run,
-        )
-        try:
-            async with open_nats(server.url, name=name) as connection:
-                yield connection
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def _open_memory(
-    config: Config, codec: Codec[Any], nats: NatsConnection | None
-) -> AsyncIterator[Any]:
-    yield MemoryStore(codec, max_event_bytes=config.store.max_event_bytes)
-
-
-@asynccontextmanager
-async def _open_sqlite(
-    config: Config, codec: Codec[Any], nats: NatsConnection | None
-) -> AsyncIterator[Any]:
-    from engine.stores.sqlite import open_sqlite_store
-
-    path = config.data_path(config.store.path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # engine.data_dir is a file, or under one, or not writable
-        reason = (
-            "a file is in the way"
-            if isinstance(exc, FileExistsError | NotADirectoryError)
-            else exc.strerror or str(exc)
-        )
-        raise ConfigError(
-            f"engine.data_dir: cannot create the folder {str(path.parent)!r} of the SQLite "
-            f"store: {reason}"
-        ) from None
-    async with AsyncExitStack() as stack:
-        try:
-            store = await stack.enter_async_context(
-                open_sqlite_store(
-                    path,
-                    codec,
-                    synchronous=config.store.synchronous,
-                    max_event_bytes=config.store.max_event_bytes,
-                )
-            )
-        except BackendError as exc:  # not a database, unreadable, corrupt
-            raise type(exc)(
-                exc.backend, f"cannot open the SQLite store {str(path)!r}: {exc}"
-            ) from exc
-        yield store
-
-
-@asynccontextmanager
-async def _open_postgres(
-    config: Config, codec: Codec[Any], nats: NatsConnection | None
-) -> AsyncIterator[Any]:
-    from engine.stores.postgres import open_postgres_store
-
-    async with AsyncExitStack() as stack:
-        try:
-            store = await stack.enter_async_context(
-                open_postgres_store(
-                    config.store.dsn,
-                    codec,
-                    schema=config.store.schema,
-                    max_event_bytes=config.store.max_event_bytes,
-                    min_pool_size=config.store.min_pool_size,
-                    max_pool_size=config.store.pool_size,
-                    read_dsn=config.store.read_dsn or None,
-                    read_pool_size=config.store.read_pool_size,
-                    name=f"eskit-{config.engine.node_id}",
-                )
-            )
-        except BackendError as exc:  # unreachable, or the login was refused
-            cause = exc.__cause__ or exc
-            reason = " ".join(str(cause).split())  # psycopg's message spans lines
-            raise type(exc)(
-                exc.backend, f"cannot connect to the PostgreSQL store: {redact_text(reason)}"
-            ) from exc
-        yield store
-
-
-@asynccontextmanager
-async def _open_nats(
-    config: Config, codec: Codec[Any], nats: NatsConnection | None
-) -> AsyncIterator[Any]:
-    from engine.stores.nats import open_nats_store
-
-    if nats is None and config.nats.embedded:
-        raise ConfigError(
-            "the NATS store of an embedded server can only be opened while the engine runs"
-        )
-    async with open_nats_store(
-        nats if nats is not None else config.nats.url,
-        codec,
-        namespace=config.store.namespace,
-        max_event_bytes=config.store.max_event_bytes,
-        **({} if nats is not None else nats_connect_options(config.nats)),
-    ) as store:
-        yield store
-
-
-#: ``store.backend`` -> how to open it (STYLE: a table of factories, no string magic).
-STORE_BACKENDS: Mapping[
-    str, Callable[[Config, Codec[Any], NatsConnection | None], AbstractAsyncContextManager[Any]]
-] = {
-    "memory": _open_memory,
-    "sqlite": _open_sqlite,
-    "postgres": _open_postgres,
-    "nats": _open_nats,
-}
-
-
-def open_store_from_config(
-    config: Config, codec: Codec[Any], *, nats: NatsConnection | None = None
-) -> AbstractAsyncContextManager[Any]:
-    """Open the event store the config names (also used by the CLI's offline commands).
-
-    Args:
-        config: The configuration.
-        codec: The events' codec.
-        nats: A NATS connection to share; without one a NATS store opens its own.
-    """
-    return STORE_BACKENDS[config.store.backend](config, codec, nats)
-
-
-@asynccontextmanager
-async def _open_memory_bus(config: Config, nats: NatsConnection | None) -> AsyncIterator[Any]:
-    await trio.lowlevel.checkpoint()
-    yield ChannelEventBus()
-
-
-@asynccontextmanager
-async def _open_nats_bus(config: Config, nats: NatsConnection | None) -> AsyncIterator[Any]:
-    from engine.bus.nats import open_nats_event_bus
-
-    assert nats is not None  # the engine opens NATS whenever a backend is nats
-    async with open_nats_event_bus(nats, namespace=config.store.namespace) as bus:
-        yield bus
-
-
-#: ``bus.backend`` -> how to open it, given the shared NATS connection.
-BUS_BACKENDS: Mapping[
-    str, Callable[[Config, NatsConnection | None], AbstractAsyncContextManager[Any]]
-] = {
-    "memory": _open_memory_bus,
-    "nats": _open_nats_bus,
-}
-
-
-@asynccontextmanager
-async def _open_memory_locks(
-    config: Config, nats: NatsConnection | None, store: Any
-) -> AsyncIterator[LockRegistry]:
-    await trio.lowlevel.checkpoint()
-    yield MemoryLockRegistry(config.engine.node_id)
-
-
-@asynccontextmanager
-async def _open_nats_locks(
-    config: Config, nats: NatsConnection | None, store: Any
-) -> AsyncIterator[LockRegistry]:
-    from engine.locks.nats import open_nats_lock_registry
-
-    assert nats is not None  # the engine opens NATS whenever a backend is nats
-    async with open_nats_lock_registry(
-        nats,
-        namespace=config.store.namespace,
-        owner_id=config.engine.node_id,
-        ttl=config.locks.ttl,
-    ) as registry:
-        yield registry
-
-
-@asynccontextmanager
-async def _open_postgres_locks(
-    config: Config, nats: NatsConnection | None, store: Any
-) -> AsyncIterator[LockRegistry]:
-    from engine.locks.postgres import open_pg_lock_registry
-
-    # Advisory locks end with their session: a dead node's leases go when PostgreSQL
-    # notices its connection is gone; ``locks.ttl`` bounds how long that may take.
-    async with open_pg_lock_registry(
-        config.store.dsn,
-        schema=config.store.schema,
-        owner_id=config.engine.node_id,
-        check_interval=max(config.locks.ttl / 3, 0.1),
-        statement_timeout=config.locks.ttl,
-        application_name=f"eskit-locks-{config.engine.node_id}",
-    ) as registry:
-        yield registry
-
-
-#: ``locks.backend`` -> how to open it, given the shared NATS connection and the store.
-LOCK_BACKENDS: Mapping[
-    str, Callable[[Config, NatsConnection | None, Any], AbstractAsyncContextManager[LockRegistry]]
-] = {
-    "memory": _open_memory_locks,
-    "nats": _open_nats_locks,
-    "postgres": _open_postgres_locks,
-}
-
-
-def _memory_dead_letters(
-    config: Config, store: Any, nats: NatsConnection | None
-) -> DeadLetterStore:
-    return MemoryDeadLetterStore()
-
-
-def _sqlite_dead_letters(
-    config: Config, store: Any, nats: NatsConnection | None
-) -> DeadLetterStore:
-    from engine.stores.sqlite_dead_letters import sqlite_dead_letters
-
-    return sqlite_dead_letters(store)
-
-
-def _postgres_dead_letters(
-    config: Config, store: Any, nats: NatsConnection | None
-) -> DeadLetterStore:
-    from engine.stores.postgres_dead_letters import postgres_dead_letters
-
-    return postgres_dead_letters(store)
-
-
-def _nats_dead_letters(config: Config, store: Any, nats: NatsConnection | None) -> DeadLetterStore:
-    from engine.stores.nats_dead_letters import nats_dead_letters
-
-    assert nats is not None  # the engine opens NATS whenever a backend is nats
-    return nats_dead_letters(nats, store.namespace)
-
-
-#: ``store.backend`` -> where runners park the events they give up on: beside the
-#: events (same file, schema or namespace), so dead letters survive a restart and every
-#: node of a cluster sees the same ones. Given the opened (raw) store.
-DEAD_LETTER_BACKENDS: Mapping[
-    str, Callable[[Config, Any, NatsConnection | None], DeadLetterStore]
-] = {
-    "memory": _memory_dead_letters,
-    "sqlite": _sqlite_dead_letters,
-    "postgres": _postgres_dead_letters,
-    "nats": _nats_dead_letters,
-}
-
-
-def _backend(table: Mapping[str, Any], section: str, name: str) -> Any:
-    factory = table.get(name)
-    if factory is None:
-        known = ", ".join(sorted(table))
-        raise ConfigError(f"{section}.backend: {name!r} is not available (have: {known})")
-    return factory
-
-
-def merged_registry(plugins: Sequence[Plugin]) -> EventRegistry:
-    """One registry holding every plugin's event types.
-
-    Raises:
-        PluginError: Two plugins register the same type name (or class).
-    """
-    registry = EventRegistry()
-    owners: dict[str, str] = {}
-    for plugin in plugins:
-        for name in plugin.events.names():
-            if name in owners:
-                raise PluginError(
-                    f"plugins {owners[name]!r} and {plugin.name!r} both register the event "
-                    f"type {name!r}"
-                )
-            owners[name] = plugin.name
-            try:
-                registry.register(
-                    plugin.events.class_for(name), name=name, version=plugin.events.version_of(name)
-                )
-            except DuplicateEventTypeError as exc:
-                raise PluginError(f"plugin {plugin.name!r}: {exc}") from exc
-        for key, step in plugin.events._upcasters.items():
-            registry.add_upcaster(key[0], key[1], step[0], rename_to=step[1])
-    return registry
-
-
-def _version() -> str:
-    from engine import __version__
-
-    return __version__
-
-
-def _error_policy(config: Config) -> ErrorPolicy:
-    policy = config.runners.error_policy
-    if policy == "stop":
-        return ErrorPolicy(retries=0, on_failure=OnFailure.STOP)
-    on_failure = OnFailure.PARK if policy == "retry-then-park" else OnFailure.STOP
-    return ErrorPolicy(retries=config.runners.max_retries, on_failure=on_failure)
-
-
-@attrs.define(eq=False)
-class _Command:
-    cls: type
-    binding: CommandBinding
-    handler: CommandHandler[Any, Any, Any]
-
-
-@attrs.define(eq=False)
-class _LoadedPlugin:
-    plugin: Plugin
-    commands: dict[str, _Command] = attrs.field(factory=dict)
-    queries: dict[str, Query] = attrs.field(factory=dict)
-    # query name -> the runner whose read model answers it (read-your-writes waits on it)
-    query_runners: dict[str, str] = attrs.field(factory=dict)
-
-
-@attrs.define(eq=False)
-class _ProjectionEntry:
-    """What the engine needs to build a projection again (a rebuild, or following a
-    switch made on another node)."""
-
-    plugin: str
-    definition: ProjectionDefinition
-    context: ProjectionContext
-    #: Where the live version is recorded (durable for a durable read model).
-    versions: ProjectionVersions
-    #: The read model is durable and its runner active on one node at a time.
-    leased: bool = False
-    #: Every node can read it (a table in the store's database); else only the node
-    #: whose runner is active has it.
-    shared: bool = False
-    #: Serializes switching this node to another version.
-    switching: trio.Lock = attrs.field(factory=trio.Lock)
-
-
 @attrs.define(eq=False)
 class Engine:
     """A running engine (what :func:`open_engine` yields). Implements the HTTP ingress's
@@ -518,7 +135,7 @@ class Engine:
     codec: Codec[Any]
     bus: EventBus[Any]
     router: CommandRouter
-    plugins: dict[str, _LoadedPlugin]
+    plugins: dict[str, LoadedPlugin]
     runners: dict[str, Runner[Any]] = attrs.field(factory=dict)
     http_urls: list[str] = attrs.field(factory=list)
     #: Leases this node holds (the lock registry the runners use).
@@ -540,12 +157,12 @@ class Engine:
     #: Routes commands to their stream's owner (``None`` on a single node).
     cluster: ClusterRouter | None = attrs.field(default=None, kw_only=True)
     #: Projection name -> how it was set up.
-    projections: dict[str, _ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
+    projections: dict[str, ProjectionEntry] = attrs.field(factory=dict, kw_only=True)
     #: Projection name -> its last rebuild on this node (state, versions, progress).
-    rebuilds: dict[str, dict[str, Any]] = attrs.field(factory=dict, kw_only=True)
     #: The store as GET /events and /streams read it (unknown types shown raw).
     reader: Any = attrs.field(default=None, kw_only=True)
-    _background: trio.Nursery | None = attrs.field(default=None, kw_only=True)
+    #: Rebuilds and version switches of the projections (a service open_engine runs).
+    projection_versions: Rebuilds = attrs.field(kw_only=True)
     _commands_converter: cattrs.Converter = attrs.field(
         factory=lambda: make_converter(forbid_extra_keys=True)
     )
@@ -590,13 +207,13 @@ class Engine:
         )
         return await self._handle(entry, value, stream_id, request.command_id)
 
-    def describe_error(self, error: BaseException) -> tuple[int, str, str]:
-        """``(status, code, message)`` of an error as the HTTP ingress answers it."""
-        status, code = status_for(error)
-        if status >= 500:
+    def describe_error(self, error: BaseException) -> str:
+        """The message sent back for a forwarded command's error (its codes go with it):
+        an engine error's own, an internal error's logged here and not sent."""
+        if not isinstance(error, EskitError):
             logger.error("a forwarded command failed", exc_info=error)
-            return status, code, f"internal error on node {self.config.engine.node_id!r}"
-        return status, code, getattr(error, "message", None) or str(error)
+            return f"internal error on node {self.config.engine.node_id!r}"
+        return getattr(error, "message", None) or str(error)
 
     def cluster_status(self) -> dict[str, Any]:
         """What command routing did on this node (``GET /cluster``)."""
@@ -610,7 +227,7 @@ class Engine:
 
     def _prepare(
         self, plugin: str, command: str, stream_id: str | None, data: Mapping[str, Any]
-    ) -> tuple[_Command, Any, str]:
+    ) -> tuple[CommandEntry, Any, str]:
         loaded = self._plugin(plugin)
         entry = loaded.commands.get(command)
         if entry is None or entry.binding.is_internal(entry.cls):
@@ -618,10 +235,8 @@ class Engine:
             # not exist.
             public = (n for n, e in loaded.commands.items() if not e.binding.is_internal(e.cls))
             known = ", ".join(sorted(public)) or "none"
-            raise HttpError(
-                404,
-                "unknown_command",
-                f"plugin {plugin!r} has no command {command!r} (has: {known})",
+            raise UnknownCommandError(
+                f"plugin {plugin!r} has no command {command!r} (has: {known})"
             )
         try:
             value: Any = self._commands_converter.structure(dict(data), entry.cls)
@@ -629,12 +244,12 @@ class Engine:
             raise InvalidCommandError(command, explain_structure_error(exc, path="data")) from None
         if stream_id is None:
             if entry.binding.stream_id is None:
-                raise HttpError(400, "stream_id_required", f"{command} needs a stream_id")
+                raise StreamIdRequiredError(f"{command} needs a stream_id")
             stream_id = entry.binding.stream_id(value)
         return entry, value, stream_id
 
     async def _handle(
-        self, entry: _Command, value: Any, stream_id: str, command_id: str | None
+        self, entry: CommandEntry, value: Any, stream_id: str, command_id: str | None
     ) -> dict[str, Any]:
         result = await entry.handler.handle(stream_id, value, command_id=command_id)
         return {
@@ -661,15 +276,15 @@ class Engine:
             NotCaughtUpError: The read model did not reach ``wait_for_position`` in time.
             NotActiveError: The read model is kept only on the node whose runner is
                 active, and that is another node.
-            HttpError: 404 for an unknown query, 400 for a bad ``wait_for_position``.
+            UnknownPluginError: No plugin of that name.
+            UnknownQueryError: The plugin has no such query.
+            InvalidParameterError: ``wait_for_position`` is not an integer.
         """
         loaded = self._plugin(plugin)
         func = loaded.queries.get(query)
         if func is None:
             known = ", ".join(sorted(loaded.queries)) or "none"
-            raise HttpError(
-                404, "unknown_query", f"plugin {plugin!r} has no query {query!r} (has: {known})"
-            )
+            raise UnknownQueryError(f"plugin {plugin!r} has no query {query!r} (has: {known})")
         params = dict(params)
         wanted = params.pop("wait_for_position", None)
         runner_name = loaded.query_runners.get(query)
@@ -678,8 +293,8 @@ class Engine:
             try:
                 position = int(wanted)
             except ValueError:
-                raise HttpError(
-                    400, "bad_parameter", "wait_for_position must be an integer"
+                raise InvalidParameterError(
+                    "wait_for_position", "wait_for_position must be an integer"
                 ) from None
         if runner_name is not None:
             runner = self.runners[runner_name]
@@ -741,7 +356,7 @@ class Engine:
         try:
             letters = await self.dead_letters.dead_letters(runner)
         except ValueError as exc:
-            raise HttpError(400, "bad_parameter", str(exc)) from None
+            raise InvalidParameterError("runner", str(exc)) from None
         counts: dict[str, int] = {}
         for letter in letters:
             counts[letter.runner] = counts.get(letter.runner, 0) + 1
@@ -757,7 +372,7 @@ class Engine:
         try:
             discarded = await self.dead_letters.discard(runner, position)
         except ValueError as exc:
-            raise HttpError(400, "bad_parameter", str(exc)) from None
+            raise InvalidParameterError("runner", str(exc)) from None
         if discarded:
             logger.info("dead letter of %r at position %d discarded", runner, position)
         return discarded
@@ -777,11 +392,17 @@ class Engine:
             entry = self._plain(runner.statistics())
             if isinstance(runner, ProjectionRunner):
                 entry["version"] = runner.version
-                entry["rebuild"] = self.rebuilds.get(name)
+                rebuild = self.rebuilds.get(name)
+                entry["rebuild"] = None if rebuild is None else rebuild.to_json()
             status[name] = entry
         return status
 
     # -- rebuilding ---------------------------------------------------------------------
+
+    @property
+    def rebuilds(self) -> Mapping[str, RebuildStatus]:
+        """The last rebuild of each projection on this node."""
+        return self.projection_versions.statuses
 
     async def rebuild_projection(self, name: str) -> dict[str, Any]:
         """Start building projection ``name`` again from position 0, beside the live one.
@@ -796,146 +417,19 @@ class Engine:
         :meth:`runners_status` (``rebuild``).
 
         Raises:
-            HttpError: 404 for an unknown projection, 409 when a rebuild of it runs
-                already or this node is not its active runner (another node holds its
-                lease).
+            UnknownProjectionError: No projection of that name.
+            RebuildInProgressError: A rebuild of it runs already.
+            RebuildNotActiveError: This node is not its active runner (another node
+                holds its lease).
+            NotRunningError: The engine is not running its runners.
         """
-        entry = self.projections.get(name)
-        runner = self.runners.get(name)
-        if entry is None or not isinstance(runner, ProjectionRunner):
-            raise HttpError(404, "not_found", f"no projection {name!r}")
-        current = self.rebuilds.get(name)
-        if current is not None and current["state"] == "running":
-            raise HttpError(409, "rebuild_in_progress", f"{name!r} is being rebuilt already")
-        if runner.locks is not None and runner.statistics().state is RunnerState.STANDBY:
-            raise HttpError(
-                409, "not_active", f"{name!r} is active on another node: rebuild it there"
-            )
-        if self._background is None:
-            raise HttpError(503, "not_running", "the engine is not running its runners")
-        status: dict[str, Any] = {
-            "state": "running",
-            "from_version": runner.version,
-            "version": None,
-            "done": 0,
-            "head": 0,
-            "error": None,
-        }
-        self.rebuilds[name] = status
-        try:
-            # Taken for good before anything is set up: a version is never built twice,
-            # whatever happens to this rebuild or this process.
-            status["version"] = await entry.versions.allocate(name, above=runner.version)
-            status["head"] = await self.store.head_position()
-        except BaseException:
-            if current is None:
-                del self.rebuilds[name]
-            else:
-                self.rebuilds[name] = current
-            raise
-        self._background.start_soon(self._rebuild, name, entry, runner, status)
-        await trio.lowlevel.checkpoint()
-        return {"projection": name, **status}
-
-    async def _rebuild(
-        self,
-        name: str,
-        entry: _ProjectionEntry,
-        runner: ProjectionRunner[Any],
-        status: dict[str, Any],
-    ) -> None:
-        loaded = self.plugins[entry.plugin]
-        version = status["version"]
-
-        def progress(done: int, head: int) -> None:
-            status["done"], status["head"] = done, head
-
-        try:
-            setup = await _setup(
-                entry.definition.setup, attrs.evolve(entry.context, version=version)
-            )
-
-            old = runner.version
-
-            async def commit() -> None:
-                # Durable before the switch: a restart, or any other node, serves the
-                # new version from now on (a conflict means another node switched).
-                await entry.versions.switch(name, entry.definition.version, old=old, new=version)
-
-            logger.info("rebuilding projection %r as version %d", name, version)
-            position = await runner.rebuild(
-                setup.handler,
-                version=version,
-                progress=progress,
-                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
-                commit=commit,
-            )
-        except Exception as exc:
-            logger.exception("rebuilding projection %r failed", name)
-            status["state"], status["error"] = "failed", redact_text(f"{type(exc).__name__}: {exc}")
-        else:
-            status["state"], status["done"] = "done", position
-            logger.info("projection %r switched to version %d at %d", name, version, position)
-
-    @staticmethod
-    def _swap_queries(loaded: _LoadedPlugin, name: str, setup: ProjectionSetup) -> None:
-        # Under the runner's batch lock: no reader sees the new checkpoint with the old
-        # read model's queries.
-        for query_name, query in setup.queries.items():
-            if loaded.query_runners.get(query_name) == name:
-                loaded.queries[query_name] = query
+        status = await self.projection_versions.start(name)
+        return {"projection": name, **status.to_json()}
 
     async def follow_projection(self, name: str) -> bool:
-        """Bring projection ``name`` on this node to the version recorded as live.
-
-        A rebuild on another node (or before a restart) switches the record; this node
-        then sets that version up (its plugin's setup, for a SQL read model the new
-        tables) and switches its runner and queries to it. Only for a durable read model
-        whose runner is leased (one active node at a time); others are per node.
-
-        Returns:
-            True when this node switched.
-        """
-        entry = self.projections[name]
-        runner = self.runners[name]
-        if not entry.leased or not isinstance(runner, ProjectionRunner):
-            await trio.lowlevel.checkpoint()
-            return False
-        # A code version's live version only ever grows (each rebuild takes a new,
-        # higher one), so a stale read can never switch a node back.
-        live = await entry.versions.live(name, entry.definition.version)
-        if live is None or live <= runner.version:
-            return False  # the common case: no lock, so queries never queue here
-        async with entry.switching:
-            rebuilding = (self.rebuilds.get(name) or {}).get("state") == "running"
-            if live <= runner.version or rebuilding:
-                return False
-            loaded = self.plugins[entry.plugin]
-            setup = await _setup(entry.definition.setup, attrs.evolve(entry.context, version=live))
-            switched = await runner.follow(
-                setup.handler,
-                version=live,
-                on_switch=functools.partial(self._swap_queries, loaded, name, setup),
-            )
-        if switched:
-            logger.info("projection %r follows version %d (switched elsewhere)", name, live)
-        return switched
-
-    async def run_followers(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Every ``runners.poll_interval``: follow version switches made elsewhere and,
-        where a runner stands by, read the active node's checkpoint (for ``/runners``
-        and read-your-writes). A service: runs until cancelled."""
-        task_status.started()
-        while True:
-            await trio.sleep(self.config.runners.poll_interval)
-            for name, entry in self.projections.items():
-                if entry.leased:
-                    await self.follow_projection(name)
-            for name, runner in self.runners.items():
-                projection = self.projections.get(name)
-                # A read model only the active node has keeps its own (local) progress.
-                if runner.following and (projection is None or projection.shared):
-                    await runner.refresh(head=True)
+        """Bring projection ``name`` on this node to the version recorded as live (see
+        :meth:`~engine.daemon.rebuilds.Rebuilds.follow`); ``True`` when it switched."""
+        return await self.projection_versions.follow(name)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every runner runs (or stands by) and lags at most ``runners.ready_lag``."""
@@ -967,7 +461,22 @@ class Engine:
 
     async def status(self) -> dict[str, Any]:
         """What the status page shows (``GET /status.json``)."""
-        return await status_document(self)
+        return await status_document(
+            StatusSources(
+                node_id=self.config.engine.node_id,
+                backend=self.config.store.backend,
+                started_at=self.started_at,
+                store=self.store,
+                locks=self.locks,
+                runners=self.runners,
+                runner_kinds=self.runner_kinds,
+                dead_letters=self.dead_letters,
+                history=self.history,
+                model=self.model,
+                errors=self.errors,
+                profiler=self.profiler,
+            )
+        )
 
     def profiler_json(self) -> dict[str, Any]:
         """The profiler's percentiles and degradations (``GET /profiler``)."""
@@ -996,66 +505,55 @@ class Engine:
     def _plain(self, value: Any) -> Any:
         return self.codec._conv.unstructure(value)
 
-    def _plugin(self, name: str) -> _LoadedPlugin:
+    def _plugin(self, name: str) -> LoadedPlugin:
         loaded = self.plugins.get(name)
         if loaded is None:
             known = ", ".join(sorted(self.plugins)) or "none"
-            raise HttpError(404, "unknown_plugin", f"no plugin {name!r} (loaded: {known})")
+            raise UnknownPluginError(f"no plugin {name!r} (loaded: {known})")
         return loaded
 
 
-async def _setup(
-    definition_setup: Callable[[ProjectionContext], Any], context: ProjectionContext
-) -> ProjectionSetup:
-    setup = definition_setup(context)
-    if inspect.isawaitable(setup):
-        setup = await setup
-    if not isinstance(setup, ProjectionSetup):
-        raise PluginError(
-            f"a projection setup returned {type(setup).__qualname__}, not ProjectionSetup"
-        )
-    return setup
-
-
-async def _open_projection(
-    plugin: str,
-    definition: ProjectionDefinition,
-    context: ProjectionContext,
-    checkpoints: CheckpointStore,
-) -> tuple[_ProjectionEntry, ProjectionSetup]:
-    """Set a projection up as the version that is live for its code version.
-
-    A durable read model serves and feeds the version recorded beside the checkpoints
-    (the one the last rebuild switched to, on any node); an in-memory one starts afresh
-    as the definition's version, with its checkpoint (and version record) in memory.
-    """
-    code = definition.version
-    recorded = ProjectionVersions(checkpoints)
-    live = await recorded.live(context.name, code)
-    version = code if live is None else live
-    setup = await _setup(definition.setup, attrs.evolve(context, version=version))
-    # A transactional read model keeps its checkpoint with its rows: durable.
-    transactional = isinstance(setup.handler, TransactionalProjection)
-    durable = setup.durable or transactional
-    if durable:
-        versions = recorded
-        resolved = await recorded.resolve(context.name, code)
-    else:
-        versions = ProjectionVersions(MemoryCheckpointStore())
-        resolved = code
-    if resolved != version:
-        version = resolved
-        setup = await _setup(definition.setup, attrs.evolve(context, version=version))
-    shared = transactional if setup.shared is None else setup.shared
-    entry = _ProjectionEntry(
-        plugin,
-        definition,
-        attrs.evolve(context, version=version),
-        versions,
-        leased=durable,
-        shared=durable and shared,
+def _configured_plugins(config: Config) -> Sequence[Plugin]:
+    """The plugins ``[plugins]`` selects (entry points, paths and modules)."""
+    return load_plugins(
+        config.plugins.enabled,
+        paths=config.plugins.paths,
+        modules=config.plugins.modules,
+        settings=config.plugins.settings,
     )
-    return entry, setup
+
+
+def _open_routing(engine: Engine, parts: Parts) -> AbstractAsyncContextManager[ClusterRouter]:
+    """Cluster command routing: this node's commands go to their stream's owner."""
+    config = engine.config
+    if parts.nats is None:
+        raise ConfigError("cluster command routing needs a NATS connection ([nats] url)")
+    return open_cluster_router(
+        parts.nats,
+        parts.locks,
+        node_id=config.engine.node_id,
+        namespace=config.store.namespace,
+        handle_local=engine.handle_local,
+        describe_error=engine.describe_error,
+        forward_timeout=config.cluster.forward_timeout,
+        idle_release=config.cluster.idle_release,
+        take_timeout=config.cluster.take_timeout,
+    )
+
+
+async def _start_runners(nursery: trio.Nursery, engine: Engine, rebuilds: Rebuilds) -> None:
+    """Every runner under the supervisor, the history sampler, the followers of version
+    switches made elsewhere (where a runner is leased) and the rebuild service."""
+    for name, runner in engine.runners.items():
+        await nursery.start(functools.partial(run_supervised, name=name), runner.run)
+    await nursery.start(engine.history.run, engine.runner_statistics, engine.errors)
+    if any(entry.leased for entry in engine.projections.values()) or any(
+        runner.locks is not None for runner in engine.runners.values()
+    ):
+        await nursery.start(
+            functools.partial(run_supervised, name="followers"), rebuilds.run_followers
+        )
+    await nursery.start(rebuilds.run)
 
 
 @unwrap_lone_errors
@@ -1081,194 +579,61 @@ async def open_engine(
         raises :class:`~engine.runners.supervisor.ServiceFailedError` out of the block.
     """
     if plugins is None:
-        plugins = load_plugins(
-            config.plugins.enabled,
-            paths=config.plugins.paths,
-            modules=config.plugins.modules,
-            settings=config.plugins.settings,
-        )
+        plugins = _configured_plugins(config)
     codec: Codec[Any] = Codec(merged_registry(plugins), format=ORJSON)
-    data_dir = Path(config.engine.data_dir)
     node_id = config.engine.node_id
     profiler = Profiler()
-    metrics = EngineMetrics(node_id=node_id, version=_version())
+    metrics = EngineMetrics(node_id=node_id, version=engine_version())
     model = EventModel.from_plugins(plugins)
     errors = RecentErrors()
     async with AsyncExitStack() as stack:
-        nats = await stack.enter_async_context(open_nats_from_config(config))
-        raw_store = await stack.enter_async_context(
-            open_store_from_config(config, codec, nats=nats)
-        )
-        store: InstrumentedStore[Any] = InstrumentedStore(
-            raw_store, profiler=profiler, metrics=metrics
-        )
-        # GET /events and /streams show events of types no plugin knows (TolerantCodec);
-        # the same store with that codec (the memory store holds only our own types).
-        reader: Any = store
-        if attrs.has(type(raw_store)) and not isinstance(raw_store, MemoryStore):
-            reader = InstrumentedStore(
-                attrs.evolve(raw_store, codec=tolerant_codec(codec)),
-                profiler=profiler,
-                metrics=metrics,
-            )
-        # The memory backend keeps no checkpoints of its own: they live in memory too.
-        checkpoints: CheckpointStore = (
-            store
-            if hasattr(raw_store, "save_checkpoint")
-            else InstrumentedCheckpointStore(
-                MemoryCheckpointStore(), profiler=profiler, metrics=metrics
-            )
-        )
-        bus: EventBus[Any] = await stack.enter_async_context(
-            _backend(BUS_BACKENDS, "bus", config.bus.backend)(config, nats)
-        )
-        locks = InstrumentedLocks(
-            await stack.enter_async_context(
-                _backend(LOCK_BACKENDS, "locks", config.locks.backend)(config, nats, raw_store)
-            )
-        )
-        dead_letters: DeadLetterStore = _backend(
-            DEAD_LETTER_BACKENDS, "store", config.store.backend
-        )(config, raw_store, nats)
+        parts = await open_parts(stack, config, codec, profiler, metrics)
         router = CommandRouter()
+        loaded, handlers = command_handlers(
+            plugins, parts, router, node_id=node_id, observed=(metrics, model, errors, profiler)
+        )
+        assembly = await assemble_runners(config, plugins, loaded, parts, router, model)
+        rebuilds = Rebuilds(
+            parts.store,
+            loaded,
+            assembly.projections,
+            assembly.runners,
+            poll_interval=config.runners.poll_interval,
+        )
+        # Built once, with every plugin, projection and runner in place.
         engine = Engine(
             config,
-            store,
+            parts.store,
             codec,
-            bus,
+            parts.bus,
             router,
-            {},
-            locks=locks,
-            dead_letters=dead_letters,
+            loaded,
+            assembly.runners,
+            locks=parts.locks,
+            dead_letters=parts.dead_letters,
             profiler=profiler,
             metrics=metrics,
             model=model,
             errors=errors,
+            runner_kinds=assembly.kinds,
             started_at=trio.current_time(),
-            reader=reader,
+            projections=assembly.projections,
+            reader=parts.reader,
+            projection_versions=rebuilds,
         )
-        handlers: list[tuple[str, CommandHandler[Any, Any, Any]]] = []
-        for plugin in plugins:
-            loaded = _LoadedPlugin(plugin, queries=dict(plugin.queries))
-            for binding in plugin.commands:
-                state_types = {type(binding.decider.initial_state())}
-                snapshots = None
-                if binding.snapshot_every and hasattr(store, "snapshots"):
-                    snapshots = store.snapshots(state_types.pop())
-                handler: CommandHandler[Any, Any, Any] = CommandHandler(
-                    decider=binding.decider,
-                    store=store,
-                    snapshots=snapshots,
-                    snapshot_every=binding.snapshot_every if snapshots is not None else 0,
-                    after_append=[bus.publish],
-                    middleware=[
-                        command_middleware(
-                            plugin=plugin.name,
-                            names={cls: name for name, cls in binding.command_names().items()},
-                            node_id=node_id,
-                            metrics=metrics,
-                            model=model,
-                            errors=errors,
-                        ),
-                        profiler_middleware(profiler),
-                    ],
-                )
-                handlers.append((plugin.name, handler))
-                router.route_decider(handler)
-                for name, cls in binding.command_names().items():
-                    loaded.commands[name] = _Command(cls, binding, handler)
-            engine.plugins[plugin.name] = loaded
-
-        sql_database = raw_store.transactional() if hasattr(raw_store, "transactional") else None
-        context = ProjectionContext(
-            store=store, data_dir=data_dir, node_id=config.engine.node_id, sql=sql_database
-        )
-        common: dict[str, Any] = {
-            "store": store,
-            "bus": bus,
-            "dead_letters": dead_letters,
-            "error_policy": _error_policy(config),
-            "batch_size": config.runners.batch_size,
-            "poll_interval": config.runners.poll_interval,
-        }
-        for plugin in plugins:
-            loaded = engine.plugins[plugin.name]
-            for definition in plugin.projections:
-                name = f"{plugin.name}.{definition.name}"
-                entry, setup = await _open_projection(
-                    plugin.name, definition, attrs.evolve(context, name=name), checkpoints
-                )
-                engine.projections[name] = entry
-                for query_name, query in setup.queries.items():
-                    if query_name in loaded.queries:
-                        raise PluginError(
-                            f"plugin {plugin.name!r}: two queries named {query_name!r}"
-                        )
-                    loaded.queries[query_name] = query
-                    loaded.query_runners[query_name] = name
-                engine.runner_kinds[name] = "projection"
-                engine.runners[name] = ProjectionRunner(
-                    name=name,
-                    handler=setup.handler,
-                    version=entry.context.version,
-                    # An in-memory read model starts empty, so it must start from the
-                    # beginning: its checkpoint lives in memory too. Only a durable read
-                    # model may resume from a stored checkpoint (under a lease).
-                    checkpoints=entry.versions.checkpoints,
-                    locks=locks if entry.leased else None,
-                    start_at=StartAt(definition.start),
-                    **common,
-                )
-            for reactor_name, reactor in plugin.reactors.items():
-                name = f"{plugin.name}.{reactor_name}"
-                observed, sender = observe_reactor(reactor, router, model, name)
-                registry: ReactorRegistry[Any] = ReactorRegistry(sender)
-                registry.register(name, observed)
-                engine.runner_kinds[name] = "automation"
-                engine.runners[name] = AutomationRunner(
-                    name=name,
-                    handler=registry.handle,
-                    checkpoints=checkpoints,
-                    locks=locks,
-                    start_at=StartAt(reactor.start),
-                    **common,
-                )
-
         if config.routes_commands():
-            assert nats is not None
-            engine.cluster = await stack.enter_async_context(
-                open_cluster_router(
-                    nats,
-                    locks,
-                    node_id=node_id,
-                    namespace=config.store.namespace,
-                    handle_local=engine.handle_local,
-                    describe_error=engine.describe_error,
-                    forward_timeout=config.cluster.forward_timeout,
-                    idle_release=config.cluster.idle_release,
-                    take_timeout=config.cluster.take_timeout,
-                )
-            )
+            engine.cluster = await stack.enter_async_context(_open_routing(engine, parts))
         metrics.watch(
             MetricSources(
                 runners=engine.runner_statistics,
                 handlers=lambda: [(name, h.statistics()) for name, h in handlers],
-                locks=locks,
-                bus=bus,
+                locks=parts.locks,
+                bus=parts.bus,
                 profiler=profiler,
             )
         )
         async with trio.open_nursery() as runners:
-            for name, runner in engine.runners.items():
-                await runners.start(functools.partial(run_supervised, name=name), runner.run)
-            await runners.start(engine.history.run, engine.runner_statistics, errors)
-            if any(entry.leased for entry in engine.projections.values()) or any(
-                runner.locks is not None for runner in engine.runners.values()
-            ):
-                await runners.start(
-                    functools.partial(run_supervised, name="followers"), engine.run_followers
-                )
-            engine._background = runners
+            await _start_runners(runners, engine, rebuilds)
             async with trio.open_nursery() as ingress:
                 if config.http.enabled:
                     engine.http_urls = await ingress.start(

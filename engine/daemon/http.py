@@ -82,12 +82,17 @@ from engine.errors import (
     NotActiveError,
     NotCaughtUpError,
     NotFoundError,
+    NotRunningError,
+    RebuildInProgressError,
+    RebuildNotActiveError,
     StorageFullError,
+    StreamIdRequiredError,
     UnknownCommandError,
 )
 from engine.observability.page import CONTENT_SECURITY_POLICY, STATUS_HTML
 
 __all__ = [
+    "STATUS_BY_ERROR",
     "EngineApi",
     "HttpError",
     "HttpIngress",
@@ -150,31 +155,47 @@ class HttpError(EskitError):
         self.message = message
 
 
-_STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
-    (UnknownOutcomeError, 504),
-    (EventTooLargeError, 413),
-    (ConcurrencyError, 409),
-    (IdempotencyConflictError, 409),
-    (AppendConditionError, 409),
-    (DomainError, 422),
-    (InvalidStreamIdError, 400),
-    (InvalidParameterError, 400),
-    (CodecError, 400),
-    (UnknownCommandError, 404),
-    (NotFoundError, 404),
-    (NotCaughtUpError, 503),
-    (NotActiveError, 409),
-    (StorageFullError, 503),
-    (LockNotHeldError, 503),
-)
+#: The HTTP status of each engine error, looked up along the error's MRO (its most
+#: specific class in the table wins); an error outside the table is a 500.
+STATUS_BY_ERROR: Final[Mapping[type[BaseException], int]] = {
+    UnknownOutcomeError: 504,
+    EventTooLargeError: 413,
+    ConcurrencyError: 409,
+    IdempotencyConflictError: 409,
+    AppendConditionError: 409,
+    RebuildInProgressError: 409,
+    RebuildNotActiveError: 409,
+    DomainError: 422,
+    InvalidStreamIdError: 400,
+    InvalidParameterError: 400,
+    StreamIdRequiredError: 400,
+    CodecError: 400,
+    UnknownCommandError: 404,
+    NotFoundError: 404,
+    NotCaughtUpError: 503,
+    NotActiveError: 409,
+    NotRunningError: 503,
+    StorageFullError: 503,
+    LockNotHeldError: 503,
+}
+#: The same by code, for an error another node raised (it sends the codes of its MRO).
+_STATUS_BY_CODE: Final[Mapping[str, int]] = {
+    vars(cls)["code"]: status for cls, status in STATUS_BY_ERROR.items() if "code" in vars(cls)
+}
 
 
 def status_for(error: BaseException) -> tuple[int, str]:
-    """The HTTP status and stable code of an engine error."""
-    if isinstance(error, HttpError | RemoteCommandError):
+    """The HTTP status and stable code of an error: one lookup along its MRO."""
+    if isinstance(error, HttpError):
         return error.status, error.error_code
-    for cls, status in _STATUS_BY_ERROR:
-        if isinstance(error, cls):
+    if isinstance(error, RemoteCommandError):
+        for code in error.codes:
+            if code in _STATUS_BY_CODE:
+                return _STATUS_BY_CODE[code], error.error_code
+        return 500, error.error_code
+    for cls in type(error).__mro__:
+        status = STATUS_BY_ERROR.get(cls)
+        if status is not None:
             return status, getattr(error, "code", "error")
     return 500, "internal_error"
 

@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import attrs
 
-from engine.errors import PluginError
+from engine.codec import EventRegistry
+from engine.errors import DuplicateEventTypeError, PluginError
 from engine.plugin import Plugin
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "available_plugins",
     "load_plugin_sources",
     "load_plugins",
+    "merged_registry",
     "plan_plugins",
 ]
 
@@ -298,3 +300,30 @@ def load_plugin_sources(
             f"(running: {', '.join(sorted(chosen)) or 'none'})"
         )
     return list(chosen.values())
+
+
+def merged_registry(plugins: Sequence[Plugin]) -> EventRegistry:
+    """One registry holding every plugin's event types.
+
+    Raises:
+        PluginError: Two plugins register the same type name (or class).
+    """
+    registry = EventRegistry()
+    owners: dict[str, str] = {}
+    for plugin in plugins:
+        for name in plugin.events.names():
+            if name in owners:
+                raise PluginError(
+                    f"plugins {owners[name]!r} and {plugin.name!r} both register the event "
+                    f"type {name!r}"
+                )
+            owners[name] = plugin.name
+            try:
+                registry.register(
+                    plugin.events.class_for(name), name=name, version=plugin.events.version_of(name)
+                )
+            except DuplicateEventTypeError as exc:
+                raise PluginError(f"plugin {plugin.name!r}: {exc}") from exc
+        for key, step in plugin.events._upcasters.items():
+            registry.add_upcaster(key[0], key[1], step[0], rename_to=step[1])
+    return registry

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import attrs
 import trio
@@ -50,7 +50,6 @@ from engine.stores.base import (
 )
 
 if TYPE_CHECKING:
-    from engine.observability.metrics import EngineMetrics
     from engine.observability.profiler import Profiler
 
 __all__ = [
@@ -60,11 +59,24 @@ __all__ = [
     "InstrumentedSnapshotStore",
     "InstrumentedStore",
     "LockStatistics",
+    "StoreMetrics",
 ]
 
 E = TypeVar("E")
 S = TypeVar("S")
 T = TypeVar("T")
+
+
+class StoreMetrics(Protocol):
+    """What the wrappers count (:class:`~engine.observability.metrics.EngineMetrics`
+    is one): a port, so that metrics may know the wrappers and not the other way."""
+
+    def appended(self, seconds: float, events: int) -> None:
+        """Count one append that took ``seconds`` and wrote ``events`` events."""
+
+    def store_error(self, operation: str, error: str) -> None:
+        """Count a store call that raised ``error`` (a type name)."""
+
 
 store_logger = logging.getLogger("eskit.store")
 lock_logger = logging.getLogger("eskit.locks")
@@ -87,7 +99,7 @@ class _Instruments:
     """What every instrumented wrapper shares: where timings and failures go."""
 
     profiler: Profiler | None = None
-    metrics: EngineMetrics | None = None
+    metrics: StoreMetrics | None = None
     logger: logging.Logger = store_logger
     prefix: str = "store."
     clock: Callable[[], float] = trio.current_time
@@ -165,7 +177,7 @@ class InstrumentedCheckpointStore:
 
     inner: CheckpointStore
     profiler: Profiler | None = attrs.field(default=None, kw_only=True)
-    metrics: EngineMetrics | None = attrs.field(default=None, kw_only=True)
+    metrics: StoreMetrics | None = attrs.field(default=None, kw_only=True)
     _instruments: _Instruments = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -191,7 +203,7 @@ class InstrumentedSnapshotStore(Generic[S]):
 
     inner: SnapshotStore[S]
     profiler: Profiler | None = attrs.field(default=None, kw_only=True)
-    metrics: EngineMetrics | None = attrs.field(default=None, kw_only=True)
+    metrics: StoreMetrics | None = attrs.field(default=None, kw_only=True)
     _instruments: _Instruments = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -229,7 +241,7 @@ class InstrumentedStore(Generic[E]):
 
     inner: EventStore[E]
     profiler: Profiler | None = attrs.field(default=None, kw_only=True)
-    metrics: EngineMetrics | None = attrs.field(default=None, kw_only=True)
+    metrics: StoreMetrics | None = attrs.field(default=None, kw_only=True)
     _instruments: _Instruments = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

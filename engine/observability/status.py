@@ -8,8 +8,9 @@
   by :meth:`RunnerHistory.run` (a service the engine starts) and kept for a few minutes.
 * :class:`RecentErrors`: a bounded list of the latest failed or rejected commands and
   runner failures, secrets redacted.
-* :func:`status_document`: all of it, plus runners, leases, parked events and the
-  profiler, as the JSON the page polls (``GET /status.json``).
+
+The JSON the page polls (``GET /status.json``) is put together by the daemon
+(:func:`engine.daemon.presenters.status_document`): observability never imports it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -28,9 +29,6 @@ from engine.plugin import Plugin
 from engine.reactor import CommandSender, Reactor
 from engine.runners.base import RunnerStatistics
 
-if TYPE_CHECKING:
-    from engine.daemon.engine import Engine
-
 __all__ = [
     "DEFAULT_HISTORY_SECONDS",
     "DEFAULT_SAMPLE_INTERVAL",
@@ -39,15 +37,12 @@ __all__ = [
     "RecentErrors",
     "RunnerHistory",
     "observe_reactor",
-    "status_document",
 ]
 
 #: Seconds between two samples of the runners' lag and throughput.
 DEFAULT_SAMPLE_INTERVAL = 1.0
 #: Seconds of runner history kept (and drawn).
 DEFAULT_HISTORY_SECONDS = 300.0
-#: Parked events listed on the page (the count covers all of them).
-_PARKED_SHOWN = 50
 
 
 @attrs.frozen(kw_only=True)
@@ -332,81 +327,3 @@ class RunnerHistory:
                 "throughput": [round(rate, 3) for _, _, rate in samples],
             }
         return {"interval": self.interval, "seconds": self.seconds, "runners": series}
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat(timespec="seconds")
-
-
-async def status_document(engine: Engine) -> dict[str, Any]:
-    """Everything the status page shows, JSON-ready (``GET /status.json``)."""
-    from engine import __version__
-
-    now = trio.current_time()
-    head = await engine.store.head_position()
-    held = {lease.key: lease for lease in engine.locks.held()}
-    runners = []
-    for name, runner in sorted(engine.runners.items()):
-        stats = runner.statistics()
-        lease = held.get(runner.lease_key)
-        runners.append(
-            {
-                "name": name,
-                "kind": engine.runner_kinds.get(name, "runner"),
-                "state": stats.state.value,
-                "checkpoint": stats.checkpoint,
-                "head": stats.head,
-                "lag": stats.lag,
-                "rate": round(stats.rate, 3),
-                "processed": stats.processed,
-                "retries": stats.retries,
-                "parked": stats.parked,
-                "restarts": stats.restarts,
-                "last_error": redact_text(stats.last_error or "") or None,
-                "lease": None if lease is None else {"token": lease.token, "owner": lease.owner},
-            }
-        )
-    letters = await engine.dead_letters.dead_letters()
-    return {
-        "node_id": engine.config.engine.node_id,
-        "version": __version__,
-        "store": engine.config.store.backend,
-        "time": _iso(utc_now()),
-        "uptime_seconds": round(now - engine.started_at, 3),
-        "head": head,
-        "runners": runners,
-        "history": engine.history.to_json(),
-        "model": engine.model.to_json(),
-        "errors": {
-            "total": engine.errors.total,
-            "recent": [
-                {"at": _iso(e.at), "source": e.source, "kind": e.kind, "message": e.message}
-                for e in engine.errors.entries()
-            ],
-        },
-        "parked": {
-            "total": len(letters),
-            "recent": [
-                {
-                    "runner": letter.runner,
-                    "position": letter.position,
-                    "stream_id": letter.stream_id,
-                    "type": letter.type,
-                    "reason": redact_text(letter.reason),
-                    "attempts": letter.attempts,
-                    "parked_at": _iso(letter.parked_at),
-                }
-                for letter in letters[-_PARKED_SHOWN:]
-            ],
-        },
-        "locks": [
-            {
-                "key": lease.key,
-                "owner": lease.owner,
-                "token": lease.token,
-                "held_seconds": round(now - lease.since, 3),
-            }
-            for lease in engine.locks.held()
-        ],
-        "profiler": engine.profiler.to_json(),
-    }

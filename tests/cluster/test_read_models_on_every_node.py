@@ -144,10 +144,10 @@ async def test_a_rebuild_switches_every_node_and_outlives_restarts(
             assert (status, started["version"]) == (202, 2), started
             with trio.fail_after(30):
                 while True:
-                    if a.rebuilds[RUNNER]["state"] != "running":
+                    if a.rebuilds[RUNNER].state != "running":
                         break
                     await trio.sleep(0.01)
-            assert a.rebuilds[RUNNER]["state"] == "done", a.rebuilds[RUNNER]
+            assert a.rebuilds[RUNNER].state == "done", a.rebuilds[RUNNER]
             position = await deposit(a, "acc-0", 5)
             expected["acc-0"] += 5
             # The standby's next query follows the switch: the new version, fed.
@@ -267,7 +267,7 @@ async def test_concurrent_clients_read_their_writes_on_both_nodes_through_a_rebu
                 )
                 assert status == 202, started
         assert reads == {"a": 24, "b": 24}
-        assert a.rebuilds[RUNNER]["state"] == "done", a.rebuilds[RUNNER]
+        assert a.rebuilds[RUNNER].state == "done", a.rebuilds[RUNNER]
         assert a.runners_status()[RUNNER]["version"] == 2
         await b.follow_projection(RUNNER)
         assert b.runners_status()[RUNNER]["version"] == 2

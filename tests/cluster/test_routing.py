@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import trio
 
-from engine.cluster import stream_lease_key
+from engine.cluster import CommandRequest, stream_lease_key
 from engine.daemon.config import parse_config
 from engine.daemon.engine import open_engine
 from engine.drivers.nats import open_nats
@@ -79,4 +80,77 @@ async def test_hung_owner_gives_unknown_outcome_and_the_retry_acts_once(
         assert [e["version"] for e in stream["events"]] == [1]
         status, routing = await client.request("GET", "/cluster")
         assert routing["unknown_outcomes"] == 1
+        await client.aclose()
+
+
+async def test_forwarded_errors_carry_codes_and_the_ingress_alone_picks_the_status(
+    tmp_path: Path, nats: NatsTarget
+) -> None:
+    """A node answers a forwarded command's error with its codes and no HTTP status, and
+    an owner's answer of codes alone becomes the status of the first code the ingress
+    knows (a plugin's ``insufficient_funds`` is a 422 through ``domain_rejected``)."""
+    config = parse_config(
+        {
+            "engine": {"node_id": "node-a", "data_dir": str(tmp_path / "a")},
+            "store": {"backend": "sqlite", "namespace": nats.namespace},
+            "nats": {"url": nats.url},
+            "locks": {"backend": "nats", "ttl": 1.0},
+            "cluster": {"forward_timeout": 5.0, "idle_release": 1.0},
+            "http": {"port": 0},
+            "plugins": {"enabled": ["bank"]},
+        },
+        environ={},
+    )
+    async with (
+        open_nats(nats.url) as connection,
+        open_nats_lock_registry(connection, namespace=nats.namespace, owner_id="ghost") as ghost,
+        open_engine(config) as engine,
+    ):
+        # node-a serves a command forwarded to it: the account was never opened.
+        request = CommandRequest(
+            plugin="bank",
+            command="Withdraw",
+            stream_id="acc-9",
+            data={"amount": 1},
+            command_id=None,
+        )
+        with trio.fail_after(10):
+            reply = await connection.request(f"{nats.namespace}.cmd.node-a", request.to_json())
+        error = orjson.loads(reply.data)["error"]
+        assert error == {
+            "code": "account_not_found",
+            "codes": ["account_not_found", "domain_rejected", "eskit_error"],
+            "message": error["message"],
+        }
+        client = HttpConnection(engine.http_urls[0])
+        async with (
+            connection.subscribe(f"{nats.namespace}.cmd.ghost") as forwarded,
+            trio.open_nursery() as nursery,
+        ):
+            await connection.flush()
+            leased = trio.Event()
+            release = trio.Event()
+
+            async def hold() -> None:
+                async with ghost.hold(stream_lease_key("acc-2")):
+                    leased.set()
+                    await release.wait()
+
+            async def answer() -> None:
+                msg = await forwarded.messages.receive()
+                codes = ["insufficient_funds", "domain_rejected", "eskit_error"]
+                body = {"error": {"code": codes[0], "codes": codes, "message": "only 3"}}
+                await connection.send(msg.reply, orjson.dumps(body))
+
+            nursery.start_soon(hold)
+            await leased.wait()
+            nursery.start_soon(answer)
+            withdraw = {"stream_id": "acc-2", "data": {"amount": 5}}
+            status, body = await client.request("POST", "/commands/bank/Withdraw", withdraw)
+            release.set()
+        assert (status, body["error"]["code"], body["error"]["message"]) == (
+            422,
+            "insufficient_funds",
+            "only 3",
+        )
         await client.aclose()

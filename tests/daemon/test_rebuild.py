@@ -236,10 +236,10 @@ async def test_a_rebuild_cut_short_by_a_stop_is_never_resumed_into(
         assert (status, started["version"]) == (202, 2)
         with trio.fail_after(30):
             while True:  # the rebuild's progress: until it is well under way
-                if engine.rebuilds["bank.balances"]["done"] >= 5:
+                if engine.rebuilds["bank.balances"].done >= 5:
                     break
                 await trio.sleep(0.01)
-        assert engine.rebuilds["bank.balances"]["state"] == "running"
+        assert engine.rebuilds["bank.balances"].state == "running"
     async with open_engine(config, plugins=[_bank(1)]) as engine:
         await wait_for(engine, "bank.balances")
         assert engine.runners_status()["bank.balances"]["version"] == 1
