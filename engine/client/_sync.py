@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from engine.client import _base
+import engine.client._base as _base
 from engine.client._base import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,

@@ -39,7 +39,7 @@ class _Overdrawn(DomainError, LookupError):
         (StreamIdRequiredError("Deposit needs a stream_id"), (400, "stream_id_required")),
         (RebuildInProgressError("being rebuilt"), (409, "rebuild_in_progress")),
         (RebuildNotActiveError("bank.balances", "node-b"), (409, "not_active")),
-        (NotActiveError("bank.balances", "node-b"), (503, "not_active")),
+        (NotActiveError("bank.balances", "node-b"), (409, "not_active")),
         (NotRunningError("not running"), (503, "not_running")),
         (RetriesExhaustedError("s", 1, 2, 3), (409, "retries_exhausted")),
         (UnknownOutcomeError("c", "s", "node-b"), (504, "unknown_outcome")),
